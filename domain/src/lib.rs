@@ -1,0 +1,17 @@
+//! tokenmeter's domain: the types every layer shares, their validation, and the usage math.
+//!
+//! Pure and I/O-free: no framework, no database, no clock reads. Every function with an
+//! invariant is property-tested (see `tests/properties.rs`).
+
+pub mod api;
+pub mod error;
+pub mod math;
+pub mod sort;
+pub mod usage;
+pub mod user;
+
+pub use error::ValidationError;
+pub use math::{UsageLevel, remaining_tokens, used_basis_points};
+pub use sort::{SortDirection, UserSortKey, sort_users};
+pub use usage::{IdempotencyKey, ModelName, RecordUsage, TokenAmount, UsageSource};
+pub use user::{DisplayName, NewUser, TokenLimit, UserId, UserUsage};
