@@ -70,7 +70,11 @@ impl CreateUserBody {
     pub fn validate(&self) -> Result<NewUser, ValidationError> {
         let user_id = UserId::parse(&self.user_id)?;
         let token_limit = TokenLimit::new(self.token_limit)?;
-        let display_name = self.display_name.as_deref().map(DisplayName::parse).transpose()?;
+        let display_name = self
+            .display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()?;
         Ok(NewUser::new(user_id, display_name, token_limit))
     }
 }

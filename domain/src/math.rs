@@ -30,7 +30,9 @@ pub fn percentage_from_bps(bps: u64) -> f64 {
 }
 
 /// How close a user is to their limit, for colours and warnings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageLevel {
     /// Below 75 %.

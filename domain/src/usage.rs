@@ -25,7 +25,10 @@ impl TokenAmount {
             return Err(ValidationError::new(
                 field,
                 &code,
-                format!("{field} must be at most {} per request; got {value}.", Self::MAX),
+                format!(
+                    "{field} must be at most {} per request; got {value}.",
+                    Self::MAX
+                ),
             ));
         }
         Ok(Self(value as u64))
@@ -42,7 +45,10 @@ fn token_part(field: &str, value: i64) -> Result<u64, ValidationError> {
         return Err(ValidationError::new(
             field,
             &format!("invalid_{}", snake_case(field)),
-            format!("{field} must be a whole number from 0 to {}; got {value}.", TokenAmount::MAX),
+            format!(
+                "{field} must be a whole number from 0 to {}; got {value}.",
+                TokenAmount::MAX
+            ),
         ));
     }
     Ok(value as u64)
@@ -72,9 +78,9 @@ impl ModelName {
 
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let ok_len = !raw.is_empty() && raw.len() <= Self::MAX_LEN;
-        let ok_chars = raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '+' | '-'));
+        let ok_chars = raw.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '+' | '-')
+        });
         if ok_len && ok_chars {
             Ok(Self(raw.to_owned()))
         } else {
@@ -112,7 +118,8 @@ impl IdempotencyKey {
     pub const MAX_LEN: usize = 200;
 
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || !raw.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(ValidationError::new(
                 "Idempotency-Key",
                 "invalid_idempotency_key",
@@ -185,8 +192,12 @@ impl RecordUsage {
         idempotency_key: IdempotencyKey,
     ) -> Result<Self, ValidationError> {
         let tokens = TokenAmount::new("tokensConsumed", tokens_consumed)?;
-        let input_tokens = input_tokens.map(|v| token_part("inputTokens", v)).transpose()?;
-        let output_tokens = output_tokens.map(|v| token_part("outputTokens", v)).transpose()?;
+        let input_tokens = input_tokens
+            .map(|v| token_part("inputTokens", v))
+            .transpose()?;
+        let output_tokens = output_tokens
+            .map(|v| token_part("outputTokens", v))
+            .transpose()?;
         let split_sum = input_tokens.unwrap_or(0) + output_tokens.unwrap_or(0);
         match (input_tokens, output_tokens) {
             (Some(i), Some(o)) if i + o != tokens.get() => {

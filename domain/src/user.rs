@@ -31,7 +31,9 @@ impl UserId {
             return Err(invalid("is longer than 64 characters"));
         }
         if let Some(bad) = raw.chars().find(|c| !Self::allowed(*c)) {
-            return Err(invalid(&format!("contains the character {bad:?}, which is not allowed")));
+            return Err(invalid(&format!(
+                "contains the character {bad:?}, which is not allowed"
+            )));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -138,7 +140,10 @@ impl TokenLimit {
             return Err(ValidationError::new(
                 "tokenLimit",
                 "invalid_token_limit",
-                format!("The token limit must be at most {}; got {value}.", Self::MAX),
+                format!(
+                    "The token limit must be at most {}; got {value}.",
+                    Self::MAX
+                ),
             ));
         }
         Ok(Self(value as u64))
@@ -171,7 +176,11 @@ pub struct NewUser {
 }
 
 impl NewUser {
-    pub fn new(user_id: UserId, display_name: Option<DisplayName>, token_limit: TokenLimit) -> Self {
+    pub fn new(
+        user_id: UserId,
+        display_name: Option<DisplayName>,
+        token_limit: TokenLimit,
+    ) -> Self {
         let display_name = display_name.unwrap_or_else(|| DisplayName::from_user_id(&user_id));
         Self {
             user_id,
@@ -212,7 +221,10 @@ pub struct UserUsage {
 impl UserUsage {
     /// Tokens still available to spend, net of reservations.
     pub fn remaining(&self) -> u64 {
-        remaining_tokens(self.tokens_used.saturating_add(self.tokens_reserved), self.token_limit.get())
+        remaining_tokens(
+            self.tokens_used.saturating_add(self.tokens_reserved),
+            self.token_limit.get(),
+        )
     }
 
     /// Share of the limit used (reservations excluded), in basis points, rounded down.

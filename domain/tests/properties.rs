@@ -4,8 +4,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use domain::api::{CreateUserBody, RecordUsageBody, SetLimitBody, UserView};
 use domain::{
-    IdempotencyKey, NewUser, SortDirection, TokenLimit, UsageLevel, UsageSource, UserId, UserSortKey,
-    UserUsage, remaining_tokens, sort_users, used_basis_points,
+    IdempotencyKey, NewUser, SortDirection, TokenLimit, UsageLevel, UsageSource, UserId,
+    UserSortKey, UserUsage, remaining_tokens, sort_users, used_basis_points,
 };
 use proptest::prelude::*;
 
@@ -24,12 +24,14 @@ fn valid_limit() -> impl Strategy<Value = i64> {
 }
 
 fn user() -> impl Strategy<Value = UserUsage> {
-    (valid_user_id(), valid_limit(), 0u64..2_000_000, timestamp()).prop_map(|(id, limit, used, at)| {
-        let id = UserId::parse(&id).expect("valid id");
-        NewUser::new(id, None, TokenLimit::new(limit).expect("valid limit"))
-            .initial_usage(at)
-            .with_recorded(used, at)
-    })
+    (valid_user_id(), valid_limit(), 0u64..2_000_000, timestamp()).prop_map(
+        |(id, limit, used, at)| {
+            let id = UserId::parse(&id).expect("valid id");
+            NewUser::new(id, None, TokenLimit::new(limit).expect("valid limit"))
+                .initial_usage(at)
+                .with_recorded(used, at)
+        },
+    )
 }
 
 fn key() -> IdempotencyKey {

@@ -1,1 +1,127 @@
-fn main() {}
+//! `tokenmeter`: serve the app, migrate the database, seed demo data.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokenmeter_server::config::{DbArgs, ServeArgs};
+use tokenmeter_server::store::Db;
+use tokenmeter_server::web::{WebConfig, build_app, leptos_options};
+use tokenmeter_server::{demo, open_services};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "tokenmeter",
+    version,
+    about = "Meter, price and limit LLM token usage per user"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the web app and API (the default).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Add demo users and three weeks of usage to an empty database.
+    SeedDemo(DbArgs),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(default_serve_args()));
+    let result = match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::SeedDemo(args) => seed(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenmeter: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tokenmeter` with no subcommand serves, reading its settings from the environment.
+fn default_serve_args() -> ServeArgs {
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    Defaults::parse_from(["tokenmeter"]).args
+}
+
+async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let (services, ledger) = open_services(&args.db.database_url).await?;
+    if args.seed_demo {
+        report_seed(demo::seed_demo(&ledger).await?);
+    }
+    let app = build_app(
+        services,
+        WebConfig {
+            leptos: leptos_options(),
+            cors_origins: args.cors_origins.clone(),
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    tracing::info!("tokenmeter listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn migrate(args: DbArgs) -> Result<(), BoxError> {
+    let db = Db::connect(&args.database_url).await?;
+    db.migrate().await?;
+    println!("migrations applied to {:?}", db.dialect);
+    Ok(())
+}
+
+async fn seed(args: DbArgs) -> Result<(), BoxError> {
+    let (_, ledger) = open_services(&args.database_url).await?;
+    report_seed(demo::seed_demo(&ledger).await?);
+    Ok(())
+}
+
+fn report_seed(seeded: Option<demo::Seeded>) {
+    match seeded {
+        Some(s) => println!(
+            "seeded {} demo users with {} usage events",
+            s.users, s.events
+        ),
+        None => println!("the database already has users: demo data not added"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,5 @@
+mod error_notice;
+mod usage_card;
+
+pub use error_notice::ErrorNotice;
+pub use usage_card::UsageCard;

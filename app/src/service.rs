@@ -1,0 +1,139 @@
+//! The operations behind both the REST API and the server functions: validate, call the ledger,
+//! map errors. One place, so the two entry points cannot drift apart.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use domain::api::{CreateUserBody, RecordUsageBody, RecordUsageView, SetLimitBody, UserView};
+use domain::{IdempotencyKey, SortDirection, UsageSource, UserId, UserSortKey, sort_users};
+
+use crate::error::{AppError, ErrorKind};
+use crate::ports::{Ledger, LedgerError};
+
+/// Everything a request needs, handed to pages, server functions and REST handlers alike.
+#[derive(Clone)]
+pub struct Services {
+    pub ledger: Arc<dyn Ledger>,
+}
+
+impl From<LedgerError> for AppError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::UserNotFound => {
+                AppError::new(ErrorKind::NotFound, "user_not_found", "There is no user with that id.")
+            }
+            LedgerError::UserExists => AppError::new(
+                ErrorKind::Conflict,
+                "user_exists",
+                "A user with that id already exists. Choose another id.",
+            )
+            .with_field("userId"),
+            LedgerError::KeyReused => AppError::new(
+                ErrorKind::Conflict,
+                "idempotency_key_reused",
+                "This Idempotency-Key was already used for a different usage report. Use a new key for a new report.",
+            )
+            .with_field("Idempotency-Key"),
+            LedgerError::CounterOverflow => AppError::new(
+                ErrorKind::Invalid,
+                "counter_overflow",
+                "Recording this many tokens would overflow the user's counters.",
+            )
+            .with_field("tokensConsumed"),
+            LedgerError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                AppError::unavailable()
+            }
+            LedgerError::Internal(cause) => {
+                tracing::error!(%cause, "ledger error");
+                AppError::internal()
+            }
+        }
+    }
+}
+
+fn not_found_as(user_id: &UserId) -> impl FnOnce(LedgerError) -> AppError + '_ {
+    move |e| match e {
+        LedgerError::UserNotFound => AppError::user_not_found(user_id.as_str()),
+        other => other.into(),
+    }
+}
+
+pub fn parse_user_id(raw: &str) -> Result<UserId, AppError> {
+    Ok(UserId::parse(raw)?)
+}
+
+impl Services {
+    pub async fn create_user(&self, body: &CreateUserBody) -> Result<UserView, AppError> {
+        let new_user = body.validate()?;
+        let created = self.ledger.create_user(new_user, Utc::now()).await?;
+        Ok(created.into())
+    }
+
+    pub async fn get_user(&self, user_id: &UserId) -> Result<UserView, AppError> {
+        match self.ledger.get_user(user_id).await? {
+            Some(user) => Ok(user.into()),
+            None => Err(AppError::user_not_found(user_id.as_str())),
+        }
+    }
+
+    pub async fn list_users(
+        &self,
+        key: UserSortKey,
+        direction: SortDirection,
+    ) -> Result<Vec<UserView>, AppError> {
+        let mut users = self.ledger.list_users().await?;
+        sort_users(&mut users, key, direction);
+        Ok(users.iter().map(UserView::from).collect())
+    }
+
+    pub async fn set_limit(
+        &self,
+        user_id: &UserId,
+        body: &SetLimitBody,
+    ) -> Result<UserView, AppError> {
+        let limit = body.validate()?;
+        let updated = self
+            .ledger
+            .set_limit(user_id, limit, Utc::now())
+            .await
+            .map_err(not_found_as(user_id))?;
+        Ok(updated.into())
+    }
+
+    /// Records a usage report. Without an idempotency key from the caller a fresh one is made,
+    /// so the report is recorded exactly once for this call.
+    pub async fn record_usage(
+        &self,
+        user_id: UserId,
+        body: &RecordUsageBody,
+        source: UsageSource,
+        idempotency_key: Option<&str>,
+    ) -> Result<RecordUsageView, AppError> {
+        let key = match idempotency_key {
+            Some(raw) => IdempotencyKey::parse(raw)?,
+            None => IdempotencyKey::parse(&format!("auto-{}", fresh_key()))?,
+        };
+        let usage = body.validate(user_id.clone(), source, key)?;
+        let recorded = self
+            .ledger
+            .record_usage(usage)
+            .await
+            .map_err(not_found_as(&user_id))?;
+        Ok(RecordUsageView {
+            user: UserView::from(&recorded.user),
+            event_id: recorded.event_id,
+            tokens_recorded: recorded.tokens,
+            replayed: recorded.replayed,
+        })
+    }
+
+    pub async fn healthy(&self) -> bool {
+        self.ledger.ping().await
+    }
+}
+
+/// A random (v4) UUID: 122 random bits, so no two calls anywhere produce the same key.
+fn fresh_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,216 @@
+//! Storage: one SQL implementation of the ledger that runs on SQLite (the embedded default) and
+//! on Postgres (to scale out), through sqlx's `Any` driver. All SQL lives under this module.
+//!
+//! The SQL is written to mean the same on both databases; where they differ (schema, how a
+//! write transaction begins) the [`Dialect`] says so.
+
+mod accounts;
+mod usage;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::ports::{Ledger, LedgerError, Recorded};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{NewUser, RecordUsage, TokenLimit, UserId, UserUsage};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use usage::WriterConfig;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Result<Self, String> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(format!(
+                "unsupported DATABASE_URL {url:?}: use sqlite:PATH or postgres://…"
+            ))
+        }
+    }
+
+    fn migrator(self) -> &'static Migrator {
+        match self {
+            Self::Sqlite => &SQLITE_MIGRATIONS,
+            Self::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
+/// A connection pool and the database it talks to.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Db {
+    /// Connects; for SQLite creates the file (and its folder) if missing and turns on WAL with
+    /// full synchronous commits, so a committed event survives power loss.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        install_default_drivers();
+        let dialect = Dialect::of_url(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+        let url = match dialect {
+            Dialect::Sqlite => sqlite_url_creating_file(url)?,
+            Dialect::Postgres => url.to_owned(),
+        };
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(match dialect {
+                Dialect::Sqlite => 8,
+                Dialect::Postgres => 16,
+            });
+        let options = match dialect {
+            Dialect::Sqlite => options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+            Dialect::Postgres => options,
+        };
+        let pool = options.connect(&url).await?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        self.dialect.migrator().run(&self.pool).await
+    }
+}
+
+/// `sqlite:path` → `sqlite://path?mode=rwc`, creating the parent folder.
+fn sqlite_url_creating_file(url: &str) -> Result<String, sqlx::Error> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" {
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+            }
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    // Validate early with the driver's own parser for a clear error.
+    let full = format!("sqlite://{path}?{query}");
+    sqlx::sqlite::SqliteConnectOptions::from_str(&full)?;
+    Ok(full)
+}
+
+/// Maps a database error to the ledger's error: connection trouble is "unavailable" (503),
+/// everything else internal (500).
+fn ledger_error(e: sqlx::Error) -> LedgerError {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => LedgerError::Unavailable(e.to_string()),
+        sqlx::Error::Database(ref db) if is_sqlite_busy(db.code().as_deref()) => {
+            // SQLITE_BUSY after busy_timeout: the database is locked by someone else.
+            LedgerError::Unavailable(e.to_string())
+        }
+        other => LedgerError::Internal(other.to_string()),
+    }
+}
+
+/// SQLITE_BUSY (5) and its extended codes (5 + n·256).
+fn is_sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i64>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+}
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// The ledger on a SQL database. Reads go straight to the pool; usage is recorded by one
+/// writer task per process that commits every pending report in one transaction.
+pub struct SqlLedger {
+    db: Db,
+    writer: usage::WriterHandle,
+}
+
+impl SqlLedger {
+    pub fn start(db: Db, config: WriterConfig) -> Arc<Self> {
+        let writer = usage::WriterHandle::spawn(db.clone(), config);
+        Arc::new(Self { db, writer })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Records reports that happened at the given times (seeding, imports), with the same
+    /// transaction and idempotency rules as live reports but without the writer's queue.
+    pub async fn record_at(
+        &self,
+        usages: &[RecordUsage],
+        at: &[DateTime<Utc>],
+    ) -> Vec<Result<Recorded, LedgerError>> {
+        let at: Vec<i64> = at.iter().map(|t| micros(*t)).collect();
+        usage::write_batch_with_retries(&self.db, usages, &at).await
+    }
+}
+
+#[async_trait]
+impl Ledger for SqlLedger {
+    async fn create_user(
+        &self,
+        user: NewUser,
+        now: DateTime<Utc>,
+    ) -> Result<UserUsage, LedgerError> {
+        accounts::insert(&self.db, &user, now).await
+    }
+
+    async fn get_user(&self, user_id: &UserId) -> Result<Option<UserUsage>, LedgerError> {
+        accounts::get(&self.db, user_id).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserUsage>, LedgerError> {
+        accounts::list(&self.db).await
+    }
+
+    async fn set_limit(
+        &self,
+        user_id: &UserId,
+        limit: TokenLimit,
+        now: DateTime<Utc>,
+    ) -> Result<UserUsage, LedgerError> {
+        accounts::set_limit(&self.db, user_id, limit, now).await
+    }
+
+    async fn record_usage(&self, usage: RecordUsage) -> Result<Recorded, LedgerError> {
+        self.writer.record(usage).await
+    }
+
+    async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.db.pool).await.is_ok()
+    }
+}

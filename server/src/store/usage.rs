@@ -1,0 +1,467 @@
+//! The `usage_event` ledger and the single writer that appends to it.
+//!
+//! Every usage report goes through one writer task per process. The writer takes every report
+//! waiting in its queue and commits them in **one** transaction: the events are inserted and the
+//! accounts' counters raised together, so at every moment a reader sees
+//! `sum(usage_event.tokens) == account.lifetime_tokens`. One durable commit (one fsync) then
+//! serves a whole batch, which is what makes tens of thousands of reports per second possible.
+//!
+//! Several processes may share one Postgres: each has its own writer; row locks on `account`
+//! (taken in account-id order, so two batches never deadlock) serialise their updates, and the
+//! unique index on `(idempotency_key, account_id)` keeps a report from being recorded twice.
+//!
+//! The writer runs in its own task, so a caller that goes away mid-request (a closed connection)
+//! cannot leave a transaction half-done; its report is still committed or rolled back whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use app::ports::{LedgerError, Recorded};
+use chrono::Utc;
+use domain::{RecordUsage, UserUsage};
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::accounts::usage_from_row;
+use super::{Db, Dialect, from_micros, ledger_error, micros};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Most reports committed in one transaction.
+    pub max_batch: usize,
+    /// Reports that may wait for the writer before senders wait too (back-pressure).
+    pub queue_capacity: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            queue_capacity: 8_192,
+        }
+    }
+}
+
+struct Job {
+    usage: RecordUsage,
+    reply: oneshot::Sender<Result<Recorded, LedgerError>>,
+}
+
+pub(super) struct WriterHandle {
+    queue: mpsc::Sender<Job>,
+}
+
+impl WriterHandle {
+    pub(super) fn spawn(db: Db, config: WriterConfig) -> Self {
+        let (queue, jobs) = mpsc::channel(config.queue_capacity);
+        tokio::spawn(run_writer(db, jobs, config.max_batch));
+        Self { queue }
+    }
+
+    pub(super) async fn record(&self, usage: RecordUsage) -> Result<Recorded, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { usage, reply })
+            .await
+            .map_err(|_| LedgerError::Unavailable("the ledger writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LedgerError::Internal("the ledger writer dropped a report".into()))?
+    }
+}
+
+async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while jobs.recv_many(&mut batch, max_batch).await > 0 {
+        let (usages, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|j| (j.usage, j.reply)).unzip();
+        let now = vec![micros(Utc::now()); usages.len()];
+        let outcomes = write_batch_with_retries(&db, &usages, &now).await;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A caller that went away no longer needs its answer; the write stands.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Why a batch transaction did not commit.
+enum BatchError {
+    /// Lost a race (deadlock, serialization failure, a key another process inserted first, a
+    /// busy SQLite file): roll back and run the whole batch again.
+    Retry(String),
+    Fatal(LedgerError),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            let code = db.code().unwrap_or_default();
+            // Postgres: deadlock_detected, serialization_failure, unique_violation.
+            // SQLite: SQLITE_BUSY and its extended codes.
+            let busy = code.parse::<i64>().is_ok_and(|c| c & 0xff == 5);
+            if matches!(code.as_ref(), "40P01" | "40001" | "23505") || busy {
+                return Self::Retry(e.to_string());
+            }
+        }
+        Self::Fatal(ledger_error(e))
+    }
+}
+
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Writes a batch, `at[i]` being the time of report `i` (microseconds since the epoch).
+pub(super) async fn write_batch_with_retries(
+    db: &Db,
+    usages: &[RecordUsage],
+    at: &[i64],
+) -> Vec<Result<Recorded, LedgerError>> {
+    let mut attempt = 1;
+    loop {
+        match write_batch(db, usages, at).await {
+            Ok(outcomes) => return outcomes,
+            Err(BatchError::Retry(why)) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, %why, "retrying a usage batch");
+                tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
+                attempt += 1;
+            }
+            Err(BatchError::Retry(why)) => {
+                tracing::warn!(%why, "usage batch kept conflicting");
+                return usages
+                    .iter()
+                    .map(|_| Err(LedgerError::Unavailable(why.clone())))
+                    .collect();
+            }
+            Err(BatchError::Fatal(e)) => {
+                tracing::error!(error = %e, "usage batch failed");
+                return usages.iter().map(|_| Err(clone_error(&e))).collect();
+            }
+        }
+    }
+}
+
+fn clone_error(e: &LedgerError) -> LedgerError {
+    match e {
+        LedgerError::UserNotFound => LedgerError::UserNotFound,
+        LedgerError::UserExists => LedgerError::UserExists,
+        LedgerError::KeyReused => LedgerError::KeyReused,
+        LedgerError::CounterOverflow => LedgerError::CounterOverflow,
+        LedgerError::Unavailable(s) => LedgerError::Unavailable(s.clone()),
+        LedgerError::Internal(s) => LedgerError::Internal(s.clone()),
+    }
+}
+
+/// An event already in the ledger, as a retry needs it.
+struct StoredEvent {
+    event_id: i64,
+    tokens: i64,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    model: Option<String>,
+    tokens_used_after: i64,
+    lifetime_tokens_after: i64,
+    token_limit_at: i64,
+    created_at: i64,
+}
+
+impl StoredEvent {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: row.try_get("usage_event_id")?,
+            tokens: row.try_get("tokens")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            model: row.try_get("model")?,
+            tokens_used_after: row.try_get("tokens_used_after")?,
+            lifetime_tokens_after: row.try_get("lifetime_tokens_after")?,
+            token_limit_at: row.try_get("token_limit_at")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    fn matches(&self, usage: &RecordUsage) -> bool {
+        self.tokens == usage.tokens.get() as i64
+            && self.input_tokens == usage.input_tokens.map(|v| v as i64)
+            && self.output_tokens == usage.output_tokens.map(|v| v as i64)
+            && self.model.as_deref() == usage.model.as_ref().map(|m| m.as_str())
+    }
+
+    /// The first result again: the user as they were right after this event.
+    fn replay(&self, current: &UserUsage) -> Result<Recorded, LedgerError> {
+        let bad = || LedgerError::Internal("usage_event row has invalid counters".into());
+        let mut user = current.clone();
+        user.tokens_used = u64::try_from(self.tokens_used_after).map_err(|_| bad())?;
+        user.lifetime_tokens = u64::try_from(self.lifetime_tokens_after).map_err(|_| bad())?;
+        user.token_limit = domain::TokenLimit::new(self.token_limit_at).map_err(|_| bad())?;
+        user.tokens_reserved = 0;
+        user.updated_at = from_micros(self.created_at);
+        Ok(Recorded {
+            event_id: self.event_id,
+            tokens: u64::try_from(self.tokens).map_err(|_| bad())?,
+            user,
+            replayed: true,
+        })
+    }
+}
+
+type EventKey = (String, String);
+
+fn event_key(usage: &RecordUsage) -> EventKey {
+    (
+        usage.user_id.to_string(),
+        usage.idempotency_key.as_str().to_owned(),
+    )
+}
+
+/// What happens to each report of a batch.
+enum Plan {
+    /// Recorded earlier (committed before this batch): answer the first result.
+    AlreadyRecorded(EventKey),
+    /// The same key appears earlier in this batch: answer that report's result.
+    SameAsEarlier(usize),
+    /// New: to be written now.
+    New,
+}
+
+/// One transaction for the whole batch. Returns one outcome per report, in order.
+async fn write_batch(
+    db: &Db,
+    usages: &[RecordUsage],
+    at: &[i64],
+) -> Result<Vec<Result<Recorded, LedgerError>>, BatchError> {
+    let begin = match db.dialect {
+        // Take the write lock up front: a deferred transaction that reads first could fail to
+        // upgrade to a writer when another connection commits in between.
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    let mut tx = db.pool.begin_with(begin).await?;
+
+    // 1. Which keys were recorded before?
+    let mut existing: HashMap<EventKey, StoredEvent> = HashMap::new();
+    {
+        let mut keys: Vec<&str> = usages.iter().map(|u| u.idempotency_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let sql = format!(
+            "SELECT usage_event_id, account_id, idempotency_key, tokens, input_tokens, output_tokens, model, \
+             tokens_used_after, lifetime_tokens_after, token_limit_at, created_at \
+             FROM usage_event WHERE idempotency_key IN ({})",
+            placeholders(1, keys.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for key in &keys {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let key: EventKey = (row.try_get("account_id")?, row.try_get("idempotency_key")?);
+            existing.insert(key, StoredEvent::from_row(&row)?);
+        }
+    }
+
+    // 2. Plan each report; group the new ones by account, in account-id order.
+    let mut plans = Vec::with_capacity(usages.len());
+    let mut first_in_batch: HashMap<EventKey, usize> = HashMap::new();
+    let mut new_by_account: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, usage) in usages.iter().enumerate() {
+        let key = event_key(usage);
+        if existing.contains_key(&key) {
+            plans.push(Plan::AlreadyRecorded(key));
+        } else if let Some(&first) = first_in_batch.get(&key) {
+            plans.push(Plan::SameAsEarlier(first));
+        } else {
+            first_in_batch.insert(key, i);
+            new_by_account
+                .entry(usage.user_id.as_str())
+                .or_default()
+                .push(i);
+            plans.push(Plan::New);
+        }
+    }
+
+    // 3. Raise each account's counters once for all its new reports, and work out each
+    //    report's own running totals from the account's new totals.
+    let mut outcomes: Vec<Option<Result<Recorded, LedgerError>>> =
+        (0..usages.len()).map(|_| None).collect();
+    let mut to_insert: Vec<(usize, i64, i64, i64)> = Vec::new(); // (report, used_after, lifetime_after, limit)
+    let mut user_after: HashMap<usize, UserUsage> = HashMap::new();
+    for (account, members) in &new_by_account {
+        let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
+        let updated_at = members.iter().map(|&i| at[i]).max().unwrap_or_default();
+        let row = sqlx::query(
+            "UPDATE account SET tokens_used = tokens_used + $2, lifetime_tokens = lifetime_tokens + $2, \
+             updated_at = $3 \
+             WHERE account_id = $1 AND tokens_used <= $4 AND lifetime_tokens <= $4 \
+             RETURNING account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+        )
+        .bind(*account)
+        .bind(delta)
+        .bind(updated_at)
+        .bind(i64::MAX - delta)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            let exists = sqlx::query("SELECT 1 FROM account WHERE account_id = $1")
+                .bind(*account)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            for &i in members {
+                outcomes[i] = Some(Err(if exists {
+                    LedgerError::CounterOverflow
+                } else {
+                    LedgerError::UserNotFound
+                }));
+            }
+            continue;
+        };
+        let after = usage_from_row(&row).map_err(BatchError::Fatal)?;
+        let mut used = after.tokens_used as i64 - delta;
+        let mut lifetime = after.lifetime_tokens as i64 - delta;
+        for &i in members {
+            used += usages[i].tokens.get() as i64;
+            lifetime += usages[i].tokens.get() as i64;
+            to_insert.push((i, used, lifetime, after.token_limit.get() as i64));
+            let mut user = after.clone();
+            user.tokens_used = used as u64;
+            user.lifetime_tokens = lifetime as u64;
+            user.updated_at = from_micros(at[i]);
+            user_after.insert(i, user);
+        }
+    }
+
+    // 4. Append the events. A key another process inserted since step 1 makes the insert skip
+    //    that row: then the batch is retried, and step 1 finds it.
+    let mut event_ids: HashMap<EventKey, i64> = HashMap::new();
+    for chunk in to_insert.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
+             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at) VALUES ",
+        );
+        for (n, _) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&placeholders(n * 11 + 1, 11));
+            sql.push(')');
+        }
+        sql.push_str(
+            " ON CONFLICT (idempotency_key, account_id) DO NOTHING \
+             RETURNING usage_event_id, account_id, idempotency_key",
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for &(i, used_after, lifetime_after, limit) in chunk {
+            let u = &usages[i];
+            query = query
+                .bind(u.user_id.as_str())
+                .bind(u.tokens.get() as i64)
+                .bind(u.input_tokens.map(|v| v as i64))
+                .bind(u.output_tokens.map(|v| v as i64))
+                .bind(u.model.as_ref().map(|m| m.as_str()))
+                .bind(u.source.as_str())
+                .bind(u.idempotency_key.as_str())
+                .bind(used_after)
+                .bind(lifetime_after)
+                .bind(limit)
+                .bind(at[i]);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        if rows.len() != chunk.len() {
+            return Err(BatchError::Retry(
+                "an idempotency key was recorded concurrently".into(),
+            ));
+        }
+        for row in rows {
+            event_ids.insert(
+                (row.try_get("account_id")?, row.try_get("idempotency_key")?),
+                row.try_get("usage_event_id")?,
+            );
+        }
+    }
+
+    // 5. Current users for replays (rare: only retried requests).
+    let mut replay_users: HashMap<String, UserUsage> = HashMap::new();
+    for plan in &plans {
+        if let Plan::AlreadyRecorded((account, _)) = plan {
+            if !replay_users.contains_key(account) {
+                let row = sqlx::query(
+                    "SELECT account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
+                     FROM account WHERE account_id = $1",
+                )
+                .bind(account.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                replay_users.insert(
+                    account.clone(),
+                    usage_from_row(&row).map_err(BatchError::Fatal)?,
+                );
+            }
+        }
+    }
+
+    tx.commit().await?;
+
+    // 6. Answers, in the order the reports came.
+    for (i, plan) in plans.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        let usage = &usages[i];
+        outcomes[i] = Some(match plan {
+            Plan::AlreadyRecorded(key) => {
+                let stored = &existing[key];
+                if stored.matches(usage) {
+                    stored.replay(&replay_users[&key.0])
+                } else {
+                    Err(LedgerError::KeyReused)
+                }
+            }
+            Plan::New => {
+                let key = event_key(usage);
+                Ok(Recorded {
+                    event_id: event_ids[&key],
+                    tokens: usage.tokens.get(),
+                    user: user_after
+                        .remove(&i)
+                        .expect("every new report has its user"),
+                    replayed: false,
+                })
+            }
+            Plan::SameAsEarlier(_) => continue,
+        });
+    }
+    // Duplicates within the batch answer like a retry of their first occurrence.
+    for (i, plan) in plans.iter().enumerate() {
+        if let Plan::SameAsEarlier(first) = plan {
+            outcomes[i] = Some(match &outcomes[*first] {
+                Some(Ok(first_result)) if usages[*first].same_request_as(&usages[i]) => {
+                    Ok(Recorded {
+                        replayed: true,
+                        ..first_result.clone()
+                    })
+                }
+                Some(Ok(_)) => Err(LedgerError::KeyReused),
+                Some(Err(e)) => Err(clone_error(e)),
+                None => Err(LedgerError::Internal("report without an outcome".into())),
+            });
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Err(LedgerError::Internal("report without an outcome".into())))
+        })
+        .collect())
+}
+
+/// Rows per multi-row INSERT: 11 parameters each stays well under both databases' limits.
+const INSERT_CHUNK: usize = 256;
+
+/// `$first, $first+1, …` (count of them).
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
