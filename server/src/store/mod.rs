@@ -19,7 +19,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use usage::WriterConfig;
+pub use usage::{LedgerAudit, WriterConfig};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -165,6 +165,11 @@ impl SqlLedger {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Checks every account's counter against the sum of its events.
+    pub async fn audit(&self) -> Result<LedgerAudit, LedgerError> {
+        usage::audit(&self.db).await
     }
 
     /// Records reports that happened at the given times (seeding, imports), with the same

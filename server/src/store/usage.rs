@@ -465,3 +465,57 @@ fn placeholders(first: usize, count: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The ledger checked against the counters: every account's lifetime counter must equal the sum
+/// of its events, and its used counter too while nothing has reset it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerAudit {
+    pub accounts: i64,
+    pub events: i64,
+    pub event_tokens: i64,
+    pub lifetime_tokens: i64,
+    /// Accounts whose counter differs from their events: (account, counter, sum of events).
+    pub mismatches: Vec<(String, i64, i64)>,
+}
+
+impl LedgerAudit {
+    pub fn is_exact(&self) -> bool {
+        self.mismatches.is_empty() && self.event_tokens == self.lifetime_tokens
+    }
+}
+
+pub(super) async fn audit(db: &Db) -> Result<LedgerAudit, LedgerError> {
+    // One statement, so both sums come from the same snapshot even while writers run.
+    let rows = sqlx::query(
+        "SELECT a.account_id, a.lifetime_tokens, \
+                CAST(COALESCE(e.total, 0) AS BIGINT) AS event_total, \
+                CAST(COALESCE(e.n, 0) AS BIGINT) AS event_count \
+         FROM account a \
+         LEFT JOIN (SELECT account_id, SUM(tokens) AS total, COUNT(*) AS n FROM usage_event GROUP BY account_id) e \
+           ON e.account_id = a.account_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .map_err(ledger_error)?;
+    let mut audit = LedgerAudit {
+        accounts: 0,
+        events: 0,
+        event_tokens: 0,
+        lifetime_tokens: 0,
+        mismatches: Vec::new(),
+    };
+    for row in rows {
+        let account: String = row.try_get("account_id").map_err(ledger_error)?;
+        let lifetime: i64 = row.try_get("lifetime_tokens").map_err(ledger_error)?;
+        let total: i64 = row.try_get("event_total").map_err(ledger_error)?;
+        let count: i64 = row.try_get("event_count").map_err(ledger_error)?;
+        audit.accounts += 1;
+        audit.events += count;
+        audit.event_tokens += total;
+        audit.lifetime_tokens += lifetime;
+        if total != lifetime {
+            audit.mismatches.push((account, lifetime, total));
+        }
+    }
+    Ok(audit)
+}
