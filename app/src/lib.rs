@@ -44,6 +44,10 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    // Flips to true once the WASM has taken over the server-rendered page (effects run only in
+    // the browser); tests wait on it, and it costs nothing.
+    let (hydrated, set_hydrated) = signal(false);
+    Effect::new(move |_| set_hydrated.set(true));
     view! {
         <Stylesheet id="leptos" href="/pkg/tokenmeter.css" />
         <Title formatter=|page: String| if page.is_empty() { "tokenmeter".to_owned() } else { format!("{page} · tokenmeter") } />
@@ -54,7 +58,7 @@ pub fn App() -> impl IntoView {
                     <A href="/" exact=true>"Dashboard"</A>
                 </nav>
             </header>
-            <main id="main">
+            <main id="main" data-hydrated=move || hydrated.get().to_string()>
                 <Routes fallback=NotFoundPage>
                     <Route path=path!("/") view=HomePage />
                     <Route path=path!("/users/:user_id") view=DashboardPage />

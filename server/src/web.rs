@@ -22,12 +22,17 @@ pub struct WebConfig {
 /// Leptos options from cargo-leptos's environment variables, with defaults that let the binary
 /// run on its own from the repository root (site under `target/site`).
 pub fn leptos_options() -> LeptosOptions {
-    let mut options = leptos::config::get_configuration(None)
-        .map(|c| c.leptos_options)
-        .unwrap_or_else(|e| panic!("invalid LEPTOS_* configuration: {e}"));
-    if options.output_name.is_empty() {
-        options.output_name = "tokenmeter".into();
-    }
+    let built_by_cargo_leptos = option_env!("LEPTOS_OUTPUT_NAME").is_some();
+    let mut options = if built_by_cargo_leptos || std::env::var_os("LEPTOS_OUTPUT_NAME").is_some() {
+        leptos::config::get_configuration(None)
+            .map(|c| c.leptos_options)
+            .unwrap_or_else(|e| panic!("invalid LEPTOS_* configuration: {e}"))
+    } else {
+        LeptosOptions::builder()
+            .output_name("tokenmeter")
+            .site_root(std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into()))
+            .build()
+    };
     if std::env::var_os("LEPTOS_ENV").is_none() {
         // Only `cargo leptos watch` serves the live-reload socket the DEV page would dial.
         options.env = leptos::config::Env::PROD;

@@ -12,15 +12,29 @@ struct Api {
 }
 
 impl Api {
-    async fn new() -> (Self, common::TestDb, std::sync::Arc<tokenmeter_server::store::SqlLedger>) {
+    async fn new() -> (
+        Self,
+        common::TestDb,
+        std::sync::Arc<tokenmeter_server::store::SqlLedger>,
+    ) {
         let db = common::sqlite();
         let ledger = common::ledger(&db).await;
         let base = common::serve(ledger.clone()).await;
-        (Self { base, http: Client::new() }, db, ledger)
+        (
+            Self {
+                base,
+                http: Client::new(),
+            },
+            db,
+            ledger,
+        )
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method.parse().expect("method"), format!("{}{path}", self.base));
+        let mut req = self.http.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.base),
+        );
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -30,10 +44,19 @@ impl Api {
         (status, body)
     }
 
-    async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .http
-            .request(method.parse().expect("method"), format!("{}{path}", self.base))
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            )
             .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -44,7 +67,10 @@ impl Api {
     }
 
     async fn usage(&self, user: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}/api/users/{user}/usage", self.base)).json(&body);
+        let mut req = self
+            .http
+            .post(format!("{}/api/users/{user}/usage", self.base))
+            .json(&body);
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
@@ -64,14 +90,21 @@ fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
     assert_eq!(got.0.as_u16(), status, "status for {}", got.1);
     assert_eq!(got.1["error"]["code"], code, "code in {}", got.1);
     let message = got.1["error"]["message"].as_str().expect("a message");
-    assert!(message.len() > 10, "message should say what went wrong: {message}");
+    assert!(
+        message.len() > 10,
+        "message should say what went wrong: {message}"
+    );
 }
 
 #[tokio::test]
 async fn create_and_read_users() {
     let (api, _db, _) = Api::new().await;
     let (status, user) = api
-        .send("POST", "/api/users", Some(json!({"userId": "ana.silva", "tokenLimit": 1000, "displayName": "Ana Silva"})))
+        .send(
+            "POST",
+            "/api/users",
+            Some(json!({"userId": "ana.silva", "tokenLimit": 1000, "displayName": "Ana Silva"})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(user["userId"], "ana.silva");
@@ -86,36 +119,103 @@ async fn create_and_read_users() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, user);
 
-    let (_, second) = api.send("POST", "/api/users", Some(json!({"userId": "ben", "tokenLimit": 10}))).await;
+    let (_, second) = api
+        .send(
+            "POST",
+            "/api/users",
+            Some(json!({"userId": "ben", "tokenLimit": 10})),
+        )
+        .await;
     assert_eq!(second["displayName"], "ben", "the id is the default name");
     let (status, list) = api.send("GET", "/api/users", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().expect("array").len(), 2);
 
-    assert_error(&api.send("GET", "/api/users/nobody", None).await, 404, "user_not_found");
-    assert_error(&api.send("GET", "/api/users/bad$id", None).await, 422, "invalid_user_id");
+    assert_error(
+        &api.send("GET", "/api/users/nobody", None).await,
+        404,
+        "user_not_found",
+    );
+    assert_error(
+        &api.send("GET", "/api/users/bad$id", None).await,
+        422,
+        "invalid_user_id",
+    );
 }
 
 #[tokio::test]
 async fn create_user_errors_change_nothing() {
     let (api, _db, _) = Api::new().await;
-    api.send("POST", "/api/users", Some(json!({"userId": "ana", "tokenLimit": 100}))).await;
+    api.send(
+        "POST",
+        "/api/users",
+        Some(json!({"userId": "ana", "tokenLimit": 100})),
+    )
+    .await;
     let before = api.snapshot().await;
 
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({"userId": "ana", "tokenLimit": 5}), 409, "user_exists"),
-        (json!({"userId": "", "tokenLimit": 5}), 422, "invalid_user_id"),
-        (json!({"userId": "has space", "tokenLimit": 5}), 422, "invalid_user_id"),
-        (json!({"userId": "x".repeat(65), "tokenLimit": 5}), 422, "invalid_user_id"),
-        (json!({"userId": "new", "tokenLimit": 0}), 422, "invalid_token_limit"),
-        (json!({"userId": "new", "tokenLimit": -5}), 422, "invalid_token_limit"),
-        (json!({"userId": "new", "tokenLimit": 10_000_000_000_000_000i64}), 422, "invalid_token_limit"),
-        (json!({"userId": "new", "tokenLimit": 18446744073709551615u64}), 422, "invalid_field"),
-        (json!({"userId": "new", "tokenLimit": 1.5}), 422, "invalid_field"),
-        (json!({"userId": "new", "tokenLimit": "100"}), 422, "invalid_field"),
+        (
+            json!({"userId": "ana", "tokenLimit": 5}),
+            409,
+            "user_exists",
+        ),
+        (
+            json!({"userId": "", "tokenLimit": 5}),
+            422,
+            "invalid_user_id",
+        ),
+        (
+            json!({"userId": "has space", "tokenLimit": 5}),
+            422,
+            "invalid_user_id",
+        ),
+        (
+            json!({"userId": "x".repeat(65), "tokenLimit": 5}),
+            422,
+            "invalid_user_id",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": 0}),
+            422,
+            "invalid_token_limit",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": -5}),
+            422,
+            "invalid_token_limit",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": 10_000_000_000_000_000i64}),
+            422,
+            "invalid_token_limit",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": 18446744073709551615u64}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": 1.5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": "100"}),
+            422,
+            "invalid_field",
+        ),
         (json!({"userId": "new"}), 422, "invalid_field"),
-        (json!({"userId": "new", "tokenLimit": 5, "tokenlimit": 5}), 422, "invalid_field"),
-        (json!({"userId": "new", "tokenLimit": 5, "displayName": "   "}), 422, "invalid_display_name"),
+        (
+            json!({"userId": "new", "tokenLimit": 5, "tokenlimit": 5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"userId": "new", "tokenLimit": 5, "displayName": "   "}),
+            422,
+            "invalid_display_name",
+        ),
         (json!([1, 2]), 422, "invalid_field"),
     ];
     for (body, status, code) in cases {
@@ -125,50 +225,169 @@ async fn create_user_errors_change_nothing() {
             assert_eq!(got.1["error"]["field"], "tokenLimit", "{body}");
         }
     }
-    assert_error(&api.raw("POST", "/api/users", Some("application/json"), "{\"userId\": ").await, 400, "malformed_json");
-    assert_error(&api.raw("POST", "/api/users", Some("application/json"), r#"{"userId":"new","tokenLimit":5} trailing"#).await, 400, "malformed_json");
     assert_error(
-        &api.raw("POST", "/api/users", Some("text/plain"), r#"{"userId":"new","tokenLimit":5}"#).await,
+        &api.raw(
+            "POST",
+            "/api/users",
+            Some("application/json"),
+            "{\"userId\": ",
+        )
+        .await,
+        400,
+        "malformed_json",
+    );
+    assert_error(
+        &api.raw(
+            "POST",
+            "/api/users",
+            Some("application/json"),
+            r#"{"userId":"new","tokenLimit":5} trailing"#,
+        )
+        .await,
+        400,
+        "malformed_json",
+    );
+    assert_error(
+        &api.raw(
+            "POST",
+            "/api/users",
+            Some("text/plain"),
+            r#"{"userId":"new","tokenLimit":5}"#,
+        )
+        .await,
         415,
         "unsupported_media_type",
     );
-    assert_error(&api.raw("POST", "/api/users", None, r#"{"userId":"new","tokenLimit":5}"#).await, 415, "unsupported_media_type");
-    let huge = format!(r#"{{"userId":"new","tokenLimit":5,"displayName":"{}"}}"#, "a".repeat(100_000));
-    assert_error(&api.raw("POST", "/api/users", Some("application/json"), huge).await, 413, "payload_too_large");
+    assert_error(
+        &api.raw(
+            "POST",
+            "/api/users",
+            None,
+            r#"{"userId":"new","tokenLimit":5}"#,
+        )
+        .await,
+        415,
+        "unsupported_media_type",
+    );
+    let huge = format!(
+        r#"{{"userId":"new","tokenLimit":5,"displayName":"{}"}}"#,
+        "a".repeat(100_000)
+    );
+    assert_error(
+        &api.raw("POST", "/api/users", Some("application/json"), huge)
+            .await,
+        413,
+        "payload_too_large",
+    );
 
-    assert_eq!(api.snapshot().await, before, "refused requests must change nothing");
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "refused requests must change nothing"
+    );
 }
 
 #[tokio::test]
 async fn set_limit() {
     let (api, _db, _) = Api::new().await;
-    api.send("POST", "/api/users", Some(json!({"userId": "ana", "tokenLimit": 100}))).await;
+    api.send(
+        "POST",
+        "/api/users",
+        Some(json!({"userId": "ana", "tokenLimit": 100})),
+    )
+    .await;
     api.usage("ana", json!({"tokensConsumed": 80}), None).await;
 
-    let (status, user) = api.send("PUT", "/api/users/ana/limit", Some(json!({"tokenLimit": 400}))).await;
+    let (status, user) = api
+        .send(
+            "PUT",
+            "/api/users/ana/limit",
+            Some(json!({"tokenLimit": 400})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!((user["tokenLimit"].as_u64(), user["tokenUsage"].as_u64()), (Some(400), Some(80)));
+    assert_eq!(
+        (user["tokenLimit"].as_u64(), user["tokenUsage"].as_u64()),
+        (Some(400), Some(80))
+    );
     assert_eq!(user["percentageUsed"], 20.0);
 
     // Below usage: allowed; usage stays, percentage goes above 100.
-    let (_, lowered) = api.send("PUT", "/api/users/ana/limit", Some(json!({"tokenLimit": 40}))).await;
+    let (_, lowered) = api
+        .send(
+            "PUT",
+            "/api/users/ana/limit",
+            Some(json!({"tokenLimit": 40})),
+        )
+        .await;
     assert_eq!(lowered["percentageUsed"], 200.0);
     assert_eq!(lowered["remainingTokens"], 0);
     assert_eq!(lowered["level"], "exhausted");
 
     let before = api.snapshot().await;
-    assert_error(&api.send("PUT", "/api/users/nobody/limit", Some(json!({"tokenLimit": 5}))).await, 404, "user_not_found");
-    assert_error(&api.send("PUT", "/api/users/ana/limit", Some(json!({"tokenLimit": 0}))).await, 422, "invalid_token_limit");
-    assert_error(&api.send("PUT", "/api/users/ana/limit", Some(json!({"tokenLimit": null}))).await, 422, "invalid_field");
-    assert_error(&api.send("PUT", "/api/users/a%20b/limit", Some(json!({"tokenLimit": 5}))).await, 422, "invalid_user_id");
-    assert_error(&api.raw("PUT", "/api/users/ana/limit", Some("application/json"), "nope").await, 400, "malformed_json");
+    assert_error(
+        &api.send(
+            "PUT",
+            "/api/users/nobody/limit",
+            Some(json!({"tokenLimit": 5})),
+        )
+        .await,
+        404,
+        "user_not_found",
+    );
+    assert_error(
+        &api.send(
+            "PUT",
+            "/api/users/ana/limit",
+            Some(json!({"tokenLimit": 0})),
+        )
+        .await,
+        422,
+        "invalid_token_limit",
+    );
+    assert_error(
+        &api.send(
+            "PUT",
+            "/api/users/ana/limit",
+            Some(json!({"tokenLimit": null})),
+        )
+        .await,
+        422,
+        "invalid_field",
+    );
+    assert_error(
+        &api.send(
+            "PUT",
+            "/api/users/a%20b/limit",
+            Some(json!({"tokenLimit": 5})),
+        )
+        .await,
+        422,
+        "invalid_user_id",
+    );
+    assert_error(
+        &api.raw(
+            "PUT",
+            "/api/users/ana/limit",
+            Some("application/json"),
+            "nope",
+        )
+        .await,
+        400,
+        "malformed_json",
+    );
     assert_eq!(api.snapshot().await, before);
 }
 
 #[tokio::test]
 async fn record_usage_and_retries() {
     let (api, _db, ledger) = Api::new().await;
-    api.send("POST", "/api/users", Some(json!({"userId": "ana", "tokenLimit": 1000}))).await;
+    api.send(
+        "POST",
+        "/api/users",
+        Some(json!({"userId": "ana", "tokenLimit": 1000})),
+    )
+    .await;
 
     let body = json!({"tokensConsumed": 120, "inputTokens": 100, "outputTokens": 20, "model": "claude-sonnet-4-5"});
     let (status, first) = api.usage("ana", body.clone(), Some("req-1")).await;
@@ -183,31 +402,111 @@ async fn record_usage_and_retries() {
     assert_eq!(replay["replayed"], true);
     assert_eq!(replay["eventId"], first["eventId"]);
     assert_eq!(replay["tokenUsage"], 120);
-    assert_eq!(api.send("GET", "/api/users/ana", None).await.1["tokenUsage"], 120, "recorded once");
+    assert_eq!(
+        api.send("GET", "/api/users/ana", None).await.1["tokenUsage"],
+        120,
+        "recorded once"
+    );
 
     let (_, no_key) = api.usage("ana", json!({"tokensConsumed": 5}), None).await;
     assert_eq!(no_key["tokenUsage"], 125);
 
     let before = api.snapshot().await;
     let cases: Vec<(&str, Value, Option<&str>, u16, &str)> = vec![
-        ("ana", json!({"tokensConsumed": 121}), Some("req-1"), 409, "idempotency_key_reused"),
-        ("nobody", json!({"tokensConsumed": 1}), None, 404, "user_not_found"),
-        ("bad!id", json!({"tokensConsumed": 1}), None, 422, "invalid_user_id"),
-        ("ana", json!({"tokensConsumed": 0}), None, 422, "invalid_tokens_consumed"),
-        ("ana", json!({"tokensConsumed": -10}), None, 422, "invalid_tokens_consumed"),
-        ("ana", json!({"tokensConsumed": 1_000_000_001}), None, 422, "invalid_tokens_consumed"),
-        ("ana", json!({"tokensConsumed": 9_223_372_036_854_775_808u64}), None, 422, "invalid_field"),
-        ("ana", json!({"tokensConsumed": "12"}), None, 422, "invalid_field"),
-        ("ana", json!({"tokensConsumed": 10, "inputTokens": 8, "outputTokens": 8}), None, 422, "inconsistent_token_split"),
-        ("ana", json!({"tokensConsumed": 10, "inputTokens": -1}), None, 422, "invalid_input_tokens"),
-        ("ana", json!({"tokensConsumed": 10, "model": "has spaces"}), None, 422, "invalid_model"),
-        ("ana", json!({"tokensConsumed": 10}), Some(""), 422, "invalid_idempotency_key"),
+        (
+            "ana",
+            json!({"tokensConsumed": 121}),
+            Some("req-1"),
+            409,
+            "idempotency_key_reused",
+        ),
+        (
+            "nobody",
+            json!({"tokensConsumed": 1}),
+            None,
+            404,
+            "user_not_found",
+        ),
+        (
+            "bad!id",
+            json!({"tokensConsumed": 1}),
+            None,
+            422,
+            "invalid_user_id",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 0}),
+            None,
+            422,
+            "invalid_tokens_consumed",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": -10}),
+            None,
+            422,
+            "invalid_tokens_consumed",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 1_000_000_001}),
+            None,
+            422,
+            "invalid_tokens_consumed",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 9_223_372_036_854_775_808u64}),
+            None,
+            422,
+            "invalid_field",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": "12"}),
+            None,
+            422,
+            "invalid_field",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 10, "inputTokens": 8, "outputTokens": 8}),
+            None,
+            422,
+            "inconsistent_token_split",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 10, "inputTokens": -1}),
+            None,
+            422,
+            "invalid_input_tokens",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 10, "model": "has spaces"}),
+            None,
+            422,
+            "invalid_model",
+        ),
+        (
+            "ana",
+            json!({"tokensConsumed": 10}),
+            Some(""),
+            422,
+            "invalid_idempotency_key",
+        ),
         ("ana", json!({"tokens": 10}), None, 422, "invalid_field"),
     ];
     for (user, body, key, status, code) in cases {
         assert_error(&api.usage(user, body, key).await, status, code);
     }
-    assert_eq!(api.snapshot().await, before, "refused reports must change nothing");
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "refused reports must change nothing"
+    );
     assert!(ledger.audit().await.expect("audit").is_exact());
 }
 
@@ -215,11 +514,20 @@ async fn record_usage_and_retries() {
 async fn list_sorting() {
     let (api, _db, _) = Api::new().await;
     for (id, limit, used) in [("a", 100, 90), ("b", 1000, 100), ("c", 50, 10)] {
-        api.send("POST", "/api/users", Some(json!({"userId": id, "tokenLimit": limit}))).await;
+        api.send(
+            "POST",
+            "/api/users",
+            Some(json!({"userId": id, "tokenLimit": limit})),
+        )
+        .await;
         api.usage(id, json!({"tokensConsumed": used}), None).await;
     }
     let ids = |v: &Value| -> Vec<String> {
-        v.as_array().expect("array").iter().map(|u| u["userId"].as_str().expect("id").to_owned()).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|u| u["userId"].as_str().expect("id").to_owned())
+            .collect()
     };
     for (query, want) in [
         ("", ["a", "b", "c"]),
@@ -232,22 +540,46 @@ async fn list_sorting() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ids(&list), want, "{query}");
     }
-    assert_error(&api.send("GET", "/api/users?sort=height", None).await, 422, "invalid_sort");
-    assert_error(&api.send("GET", "/api/users?direction=up", None).await, 422, "invalid_direction");
+    assert_error(
+        &api.send("GET", "/api/users?sort=height", None).await,
+        422,
+        "invalid_sort",
+    );
+    assert_error(
+        &api.send("GET", "/api/users?direction=up", None).await,
+        422,
+        "invalid_direction",
+    );
 }
 
 #[tokio::test]
 async fn routes_health_and_cors() {
     let (api, _db, ledger) = Api::new().await;
-    assert_error(&api.send("GET", "/api/nothing-here", None).await, 404, "route_not_found");
-    assert_error(&api.send("DELETE", "/api/users", None).await, 405, "method_not_allowed");
+    assert_error(
+        &api.send("GET", "/api/nothing-here", None).await,
+        404,
+        "route_not_found",
+    );
+    assert_error(
+        &api.send("DELETE", "/api/users", None).await,
+        405,
+        "method_not_allowed",
+    );
     let (status, body) = api.send("GET", "/livez", None).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, _) = api.send("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
 
     // CORS: only configured origins are allowed.
-    let base = common::serve_with(ledger.clone(), vec!["https://admin.example.com".into()], 64 * 1024).await;
+    let base = common::serve_with(
+        ledger.clone(),
+        vec!["https://admin.example.com".into()],
+        64 * 1024,
+    )
+    .await;
     let preflight = |origin: &'static str| {
         let http = api.http.clone();
         let url = format!("{base}/api/users");
@@ -262,7 +594,10 @@ async fn routes_health_and_cors() {
     };
     let allowed = preflight("https://admin.example.com").await;
     assert_eq!(
-        allowed.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
         Some("https://admin.example.com")
     );
     let other = preflight("https://evil.example.net").await;
@@ -276,14 +611,37 @@ async fn routes_health_and_cors() {
 #[tokio::test]
 async fn pages_render_on_the_server() {
     let (api, _db, _) = Api::new().await;
-    api.send("POST", "/api/users", Some(json!({"userId": "ana", "tokenLimit": 1000, "displayName": "Ana Silva"})))
-        .await;
+    api.send(
+        "POST",
+        "/api/users",
+        Some(json!({"userId": "ana", "tokenLimit": 1000, "displayName": "Ana Silva"})),
+    )
+    .await;
     api.usage("ana", json!({"tokensConsumed": 250}), None).await;
-    let page = api.http.get(format!("{}/users/ana", api.base)).send().await.expect("page");
+    let page = api
+        .http
+        .get(format!("{}/users/ana", api.base))
+        .send()
+        .await
+        .expect("page");
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.expect("html");
-    assert!(html.contains("Ana Silva") && html.contains("250") && html.contains("25.00 %"), "{html}");
-    let missing = api.http.get(format!("{}/no/such/page", api.base)).send().await.expect("page");
+    assert!(
+        html.contains("Ana Silva") && html.contains("250") && html.contains("25.00 %"),
+        "{html}"
+    );
+    let missing = api
+        .http
+        .get(format!("{}/no/such/page", api.base))
+        .send()
+        .await
+        .expect("page");
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert!(missing.text().await.expect("html").contains("Page not found"));
+    assert!(
+        missing
+            .text()
+            .await
+            .expect("html")
+            .contains("Page not found")
+    );
 }
