@@ -28,6 +28,8 @@ enum Command {
     Migrate(DbArgs),
     /// Add demo users and three weeks of usage to an empty database.
     SeedDemo(DbArgs),
+    /// Check every user's counter against the sum of their ledger events; exit 1 on a mismatch.
+    Audit(DbArgs),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,6 +49,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::SeedDemo(args) => seed(args).await,
+        Command::Audit(args) => audit(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +102,24 @@ async fn seed(args: DbArgs) -> Result<(), BoxError> {
     let (_, ledger) = open_services(&args.database_url).await?;
     report_seed(demo::seed_demo(&ledger).await?);
     Ok(())
+}
+
+async fn audit(args: DbArgs) -> Result<(), BoxError> {
+    let (_, ledger) = open_services(&args.database_url).await?;
+    let audit = ledger.audit().await?;
+    println!(
+        "users: {}  events: {}  tokens in events: {}  tokens in counters: {}",
+        audit.accounts, audit.events, audit.event_tokens, audit.lifetime_tokens
+    );
+    for (user, counter, events) in &audit.mismatches {
+        println!("MISMATCH {user}: counter {counter}, events {events}");
+    }
+    if audit.is_exact() {
+        println!("exact: every counter equals the sum of its events");
+        Ok(())
+    } else {
+        Err("the ledger and the counters disagree".into())
+    }
 }
 
 fn report_seed(seeded: Option<demo::Seeded>) {

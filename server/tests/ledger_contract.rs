@@ -307,3 +307,46 @@ async fn two_writers_one_postgres() {
     assert!(audit.is_exact(), "{audit:?}");
     assert_eq!((audit.events, audit.event_tokens), (32 * 200, 32 * 200 * 3));
 }
+
+/// Callers that give up mid-request (dropped futures, as when a client disconnects) leave no
+/// half-done transaction behind: the pool keeps serving and the ledger stays exact.
+async fn cancelled_callers(ledger: Arc<SqlLedger>) {
+    ledger.create_user(new_user("hot", 1_000_000_000), Utc::now()).await.expect("create");
+    for round in 0..20 {
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let ledger = ledger.clone();
+            handles.push(tokio::spawn(async move {
+                ledger.record_usage(report("hot", 2, &format!("r{round}-{i}"))).await
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(200 * round)).await;
+        for h in &handles {
+            h.abort();
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+    // Still serving: reads and writes answer promptly.
+    let after = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        ledger.record_usage(report("hot", 5, "after")).await.expect("record after cancellations")
+    })
+    .await
+    .expect("the ledger still answers");
+    let audit = ledger.audit().await.expect("audit");
+    assert!(audit.is_exact(), "{audit:?}");
+    assert_eq!(after.user.tokens_used as i64, audit.event_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_callers_sqlite() {
+    let db = common::sqlite();
+    cancelled_callers(common::ledger(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_callers_postgres() {
+    let db = common::postgres().await;
+    cancelled_callers(common::ledger(&db).await).await;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Load benchmark of POST /api/users/{id}/usage (wrk, 64 connections) on SQLite and on Postgres,
+# over 1,000 users and on one hot user, next to GET /livez (no database: the HTTP ceiling of
+# this machine) measured in the same run. Afterwards `tokenmeter audit` checks that every
+# counter equals the sum of its events and that counters == 7 × events (each request adds 7).
+#
+#   scripts/bench.sh                 # both databases; DURATION=15s CONNECTIONS=64 by default
+#   scripts/bench.sh sqlite          # one of them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+USERS=1000
+bin=target/release/tokenmeter
+what=${1:-all}
+
+[ -x "$bin" ] && [ -z "${REBUILD:-}" ] || cargo build --release -p server --bin tokenmeter
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+suite() {
+  local label=$1 url=$2
+  local port; port=$(free_port)
+  local base="http://127.0.0.1:$port"
+  RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
+  local pid=$!
+  trap "kill $pid 2>/dev/null || true" RETURN
+  for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
+  seq 0 $((USERS - 1)) | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$base/api/users" \
+    -H 'Content-Type: application/json' -d '{"userId":"u{}","tokenLimit":1000000000000}'
+
+  echo "## $label"
+  echo "### GET /livez (no database)"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$base/livez" | grep -E 'Requests/sec|Latency|99%|Non-2xx'
+  echo "### POST usage, $USERS users"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$USERS" spread \
+    | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
+  echo "### POST usage, one hot user"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- 1 hot \
+    | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "### exactness"
+  "$bin" audit --database-url "$url" | tee /tmp/tokenmeter-audit.txt
+  # Every request added 7 tokens: the counters must be exactly 7 × the number of events.
+  read -r events counters < <(awk '/^users:/ {print $4, $12}' /tmp/tokenmeter-audit.txt)
+  if [ "$counters" -eq $((7 * events)) ]; then echo "counters == 7 x events ($events events)"; else echo "NOT EXACT"; exit 1; fi
+  echo
+}
+
+if [ "$what" = all ] || [ "$what" = sqlite ]; then
+  dir=$(mktemp -d)
+  suite "SQLite (WAL, synchronous=FULL)" "sqlite:$dir/bench.db"
+  rm -rf "$dir"
+fi
+if [ "$what" = all ] || [ "$what" = postgres ]; then
+  scripts/with-postgres.sh bash -c "$(declare -f free_port suite); bin=$bin; THREADS=$THREADS; CONNECTIONS=$CONNECTIONS; DURATION=$DURATION; USERS=$USERS; set -euo pipefail; suite 'Postgres 15 (fsync on, synchronous_commit on)' \"\$TOKENMETER_TEST_PG\""
+fi
