@@ -26,7 +26,7 @@ test: setup
 test-rust:
 	cargo test -p domain
 	cargo test -p app --features ssr
-	scripts/with-postgres.sh cargo test -p server
+	scripts/with-postgres.sh cargo test -p tokenmeter
 
 ## Release build (WASM through binaryen's wasm-opt from npm), then Playwright against it.
 test-e2e:

@@ -17,7 +17,7 @@ USERS=1000
 bin=target/release/tokenmeter
 what=${1:-all}
 
-[ -x "$bin" ] && [ -z "${REBUILD:-}" ] || cargo build --release -p server --bin tokenmeter
+[ -x "$bin" ] && [ -z "${REBUILD:-}" ] || cargo build --release -p tokenmeter --bin tokenmeter
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -1,7 +1,7 @@
 //! Server functions: the browser's door to the same service layer the REST API uses.
 //! Each is thin: get the services, call one operation, set the HTTP status of an error.
 
-use domain::api::{CreateUserBody, SetLimitBody, UserView};
+use domain::api::{CreateUserBody, UserView};
 use domain::{SortDirection, UserSortKey};
 use leptos::prelude::*;
 
@@ -61,7 +61,7 @@ pub async fn set_token_limit(user_id: String, token_limit: i64) -> Result<UserVi
         async {
             let user_id = parse_user_id(&user_id)?;
             ssr::services()?
-                .set_limit(&user_id, &SetLimitBody { token_limit })
+                .set_limit(&user_id, &domain::api::SetLimitBody { token_limit })
                 .await
         }
         .await,

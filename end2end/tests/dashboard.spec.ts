@@ -19,6 +19,9 @@ test("the dashboard renders, hydrates and shows usage recorded through the API",
   page.on("console", (m) => {
     if (m.type() === "error") errors.push(m.text());
   });
+  page.on("response", (r) => {
+    if (r.status() >= 400) errors.push(`${r.status()} ${r.url()}`);
+  });
 
   const userId = freshUserId();
   const created = await request.post("/api/users", {

@@ -311,13 +311,18 @@ async fn two_writers_one_postgres() {
 /// Callers that give up mid-request (dropped futures, as when a client disconnects) leave no
 /// half-done transaction behind: the pool keeps serving and the ledger stays exact.
 async fn cancelled_callers(ledger: Arc<SqlLedger>) {
-    ledger.create_user(new_user("hot", 1_000_000_000), Utc::now()).await.expect("create");
+    ledger
+        .create_user(new_user("hot", 1_000_000_000), Utc::now())
+        .await
+        .expect("create");
     for round in 0..20 {
         let mut handles = Vec::new();
         for i in 0..50 {
             let ledger = ledger.clone();
             handles.push(tokio::spawn(async move {
-                ledger.record_usage(report("hot", 2, &format!("r{round}-{i}"))).await
+                ledger
+                    .record_usage(report("hot", 2, &format!("r{round}-{i}")))
+                    .await
             }));
         }
         tokio::time::sleep(std::time::Duration::from_micros(200 * round)).await;
@@ -330,7 +335,10 @@ async fn cancelled_callers(ledger: Arc<SqlLedger>) {
     }
     // Still serving: reads and writes answer promptly.
     let after = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        ledger.record_usage(report("hot", 5, "after")).await.expect("record after cancellations")
+        ledger
+            .record_usage(report("hot", 5, "after"))
+            .await
+            .expect("record after cancellations")
     })
     .await
     .expect("the ledger still answers");
