@@ -70,6 +70,9 @@ impl Db {
         };
         let options = AnyPoolOptions::new()
             .acquire_timeout(Duration::from_secs(5))
+            // A broken connection fails its query and is dropped; a ping before every acquire
+            // would cost a round trip on the hot path.
+            .test_before_acquire(false)
             .max_connections(match dialect {
                 Dialect::Sqlite => 8,
                 Dialect::Postgres => 16,
@@ -180,7 +183,7 @@ impl SqlLedger {
         at: &[DateTime<Utc>],
     ) -> Vec<Result<Recorded, LedgerError>> {
         let at: Vec<i64> = at.iter().map(|t| micros(*t)).collect();
-        usage::write_batch_with_retries(&self.db, usages, &at).await
+        usage::write_batch_with_retries(&self.db, &mut None, usages, &at).await
     }
 }
 

@@ -19,8 +19,10 @@ use std::time::Duration;
 use app::ports::{LedgerError, Recorded};
 use chrono::Utc;
 use domain::{RecordUsage, UserUsage};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::usage_from_row;
@@ -73,11 +75,19 @@ impl WriterHandle {
 
 async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
+    // The writer keeps its own connection between batches: no pool round trip per batch.
+    let mut conn = None;
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (usages, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|j| (j.usage, j.reply)).unzip();
         let now = vec![micros(Utc::now()); usages.len()];
-        let outcomes = write_batch_with_retries(&db, &usages, &now).await;
+        let started = std::time::Instant::now();
+        let outcomes = write_batch_with_retries(&db, &mut conn, &usages, &now).await;
+        tracing::trace!(
+            size = usages.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "usage batch"
+        );
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that went away no longer needs its answer; the write stands.
             let _ = reply.send(outcome);
@@ -111,14 +121,27 @@ impl From<sqlx::Error> for BatchError {
 const MAX_ATTEMPTS: u32 = 8;
 
 /// Writes a batch, `at[i]` being the time of report `i` (microseconds since the epoch).
+/// `conn` is the writer's connection, taken from the pool when missing and dropped after an
+/// error (so a broken connection is never reused).
 pub(super) async fn write_batch_with_retries(
     db: &Db,
+    conn: &mut Option<PoolConnection<Any>>,
     usages: &[RecordUsage],
     at: &[i64],
 ) -> Vec<Result<Recorded, LedgerError>> {
     let mut attempt = 1;
     loop {
-        match write_batch(db, usages, at).await {
+        let result = match conn {
+            Some(c) => write_batch(db.dialect, c, usages, at).await,
+            None => match db.pool.acquire().await {
+                Ok(c) => write_batch(db.dialect, conn.insert(c), usages, at).await,
+                Err(e) => Err(BatchError::from(e)),
+            },
+        };
+        if result.is_err() {
+            *conn = None;
+        }
+        match result {
             Ok(outcomes) => return outcomes,
             Err(BatchError::Retry(why)) if attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, %why, "retrying a usage batch");
@@ -225,17 +248,18 @@ enum Plan {
 
 /// One transaction for the whole batch. Returns one outcome per report, in order.
 async fn write_batch(
-    db: &Db,
+    dialect: Dialect,
+    conn: &mut AnyConnection,
     usages: &[RecordUsage],
     at: &[i64],
 ) -> Result<Vec<Result<Recorded, LedgerError>>, BatchError> {
-    let begin = match db.dialect {
+    let begin = match dialect {
         // Take the write lock up front: a deferred transaction that reads first could fail to
         // upgrade to a writer when another connection commits in between.
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN",
     };
-    let mut tx = db.pool.begin_with(begin).await?;
+    let mut tx = conn.begin_with(begin).await?;
 
     // 1. Which keys were recorded before?
     let mut existing: HashMap<EventKey, StoredEvent> = HashMap::new();
