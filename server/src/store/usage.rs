@@ -13,7 +13,7 @@
 //! The writer runs in its own task, so a caller that goes away mid-request (a closed connection)
 //! cannot leave a transaction half-done; its report is still committed or rolled back whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use app::ports::{LedgerError, Recorded};
@@ -309,48 +309,105 @@ async fn write_batch(
         (0..usages.len()).map(|_| None).collect();
     let mut to_insert: Vec<(usize, i64, i64, i64)> = Vec::new(); // (report, used_after, lifetime_after, limit)
     let mut user_after: HashMap<usize, UserUsage> = HashMap::new();
-    for (account, members) in &new_by_account {
-        let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
-        let updated_at = members.iter().map(|&i| at[i]).max().unwrap_or_default();
-        let row = sqlx::query(
-            "UPDATE account SET tokens_used = tokens_used + $2, lifetime_tokens = lifetime_tokens + $2, \
-             updated_at = $3 \
-             WHERE account_id = $1 AND tokens_used <= $4 AND lifetime_tokens <= $4 \
-             RETURNING account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
-        )
-        .bind(*account)
-        .bind(delta)
-        .bind(updated_at)
-        .bind(i64::MAX - delta)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            let exists = sqlx::query("SELECT 1 FROM account WHERE account_id = $1")
-                .bind(*account)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            for &i in members {
-                outcomes[i] = Some(Err(if exists {
-                    LedgerError::CounterOverflow
-                } else {
-                    LedgerError::UserNotFound
-                }));
+    let accounts: Vec<(&str, &Vec<usize>)> = new_by_account.iter().map(|(a, m)| (*a, m)).collect();
+    for chunk in accounts.chunks(UPDATE_CHUNK) {
+        if dialect == Dialect::Postgres {
+            // Lock the rows in account-id order first: two processes' batches then always
+            // lock in the same order and cannot deadlock.
+            let sql = format!(
+                "SELECT account_id FROM account WHERE account_id IN ({}) ORDER BY account_id FOR UPDATE",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (account, _) in chunk {
+                query = query.bind(*account);
             }
-            continue;
-        };
-        let after = usage_from_row(&row).map_err(BatchError::Fatal)?;
-        let mut used = after.tokens_used as i64 - delta;
-        let mut lifetime = after.lifetime_tokens as i64 - delta;
-        for &i in members {
-            used += usages[i].tokens.get() as i64;
-            lifetime += usages[i].tokens.get() as i64;
-            to_insert.push((i, used, lifetime, after.token_limit.get() as i64));
-            let mut user = after.clone();
-            user.tokens_used = used as u64;
-            user.lifetime_tokens = lifetime as u64;
-            user.updated_at = from_micros(at[i]);
-            user_after.insert(i, user);
+            query.fetch_all(&mut *tx).await?;
+        }
+        // One statement raises every account of the chunk by the sum of its reports, unless
+        // that would overflow a 64-bit counter.
+        let rows_sql: Vec<String> = (0..chunk.len())
+            .map(|n| {
+                let p = n * 4 + 1;
+                format!(
+                    "(CAST(${p} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2,
+                    p + 3
+                )
+            })
+            .collect();
+        let sql = format!(
+            "WITH d (d_id, d_delta, d_max, d_at) AS (VALUES {}) \
+             UPDATE account SET tokens_used = tokens_used + d_delta, \
+                 lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at \
+             FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
+             RETURNING account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+            rows_sql.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut deltas: HashMap<&str, i64> = HashMap::new();
+        for (account, members) in chunk {
+            let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
+            let updated_at = members.iter().map(|&i| at[i]).max().unwrap_or_default();
+            deltas.insert(account, delta);
+            query = query
+                .bind(*account)
+                .bind(delta)
+                .bind(i64::MAX - delta)
+                .bind(updated_at);
+        }
+        let mut updated: HashMap<String, UserUsage> = HashMap::new();
+        for row in query.fetch_all(&mut *tx).await? {
+            let after = usage_from_row(&row).map_err(BatchError::Fatal)?;
+            updated.insert(after.user_id.to_string(), after);
+        }
+
+        let missing: Vec<&str> = chunk
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| !updated.contains_key(*a))
+            .collect();
+        let mut existing_accounts: HashSet<String> = HashSet::new();
+        if !missing.is_empty() {
+            let sql = format!(
+                "SELECT account_id FROM account WHERE account_id IN ({})",
+                placeholders(1, missing.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for account in &missing {
+                query = query.bind(*account);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                existing_accounts.insert(row.try_get("account_id")?);
+            }
+        }
+
+        for (account, members) in chunk {
+            let Some(after) = updated.get(*account) else {
+                for &i in members.iter() {
+                    outcomes[i] = Some(Err(if existing_accounts.contains(*account) {
+                        LedgerError::CounterOverflow
+                    } else {
+                        LedgerError::UserNotFound
+                    }));
+                }
+                continue;
+            };
+            // Each report's own running totals, in the order the reports came.
+            let delta = deltas[account];
+            let mut used = after.tokens_used as i64 - delta;
+            let mut lifetime = after.lifetime_tokens as i64 - delta;
+            for &i in members.iter() {
+                used += usages[i].tokens.get() as i64;
+                lifetime += usages[i].tokens.get() as i64;
+                to_insert.push((i, used, lifetime, after.token_limit.get() as i64));
+                let mut user = after.clone();
+                user.tokens_used = used as u64;
+                user.lifetime_tokens = lifetime as u64;
+                user.updated_at = from_micros(at[i]);
+                user_after.insert(i, user);
+            }
         }
     }
 
@@ -478,6 +535,9 @@ async fn write_batch(
         })
         .collect())
 }
+
+/// Accounts per multi-row UPDATE (4 parameters each).
+const UPDATE_CHUNK: usize = 256;
 
 /// Rows per multi-row INSERT: 11 parameters each stays well under both databases' limits.
 const INSERT_CHUNK: usize = 256;
