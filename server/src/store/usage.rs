@@ -130,21 +130,31 @@ pub(super) async fn write_batch_with_retries(
     at: &[i64],
 ) -> Vec<Result<Recorded, LedgerError>> {
     let mut attempt = 1;
+    // First try on the assumption that no key was recorded before (retries are rare); if one
+    // was, the insert says so, and the batch runs again looking every key up first.
+    let mut look_up_keys = false;
     loop {
         let result = match conn {
-            Some(c) => write_batch(db.dialect, c, usages, at).await,
+            Some(c) => write_batch(db.dialect, c, usages, at, look_up_keys).await,
             None => match db.pool.acquire().await {
-                Ok(c) => write_batch(db.dialect, conn.insert(c), usages, at).await,
+                Ok(c) => write_batch(db.dialect, conn.insert(c), usages, at, look_up_keys).await,
                 Err(e) => Err(BatchError::from(e)),
             },
         };
-        if result.is_err() {
+        if matches!(result, Err(BatchError::Fatal(_))) {
             *conn = None;
         }
         match result {
             Ok(outcomes) => return outcomes,
             Err(BatchError::Retry(why)) if attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, %why, "retrying a usage batch");
+                // After the optimistic try, go again at once; after that, back off.
+                let optimistic_try_failed = !look_up_keys;
+                look_up_keys = true;
+                if optimistic_try_failed {
+                    attempt += 1;
+                    continue;
+                }
                 tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
                 attempt += 1;
             }
@@ -252,6 +262,7 @@ async fn write_batch(
     conn: &mut AnyConnection,
     usages: &[RecordUsage],
     at: &[i64],
+    look_up_keys: bool,
 ) -> Result<Vec<Result<Recorded, LedgerError>>, BatchError> {
     let begin = match dialect {
         // Take the write lock up front: a deferred transaction that reads first could fail to
@@ -261,9 +272,9 @@ async fn write_batch(
     };
     let mut tx = conn.begin_with(begin).await?;
 
-    // 1. Which keys were recorded before?
+    // 1. Which keys were recorded before? (Skipped on the optimistic first try.)
     let mut existing: HashMap<EventKey, StoredEvent> = HashMap::new();
-    {
+    if look_up_keys {
         let mut keys: Vec<&str> = usages.iter().map(|u| u.idempotency_key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -311,7 +322,7 @@ async fn write_batch(
     let mut user_after: HashMap<usize, UserUsage> = HashMap::new();
     let accounts: Vec<(&str, &Vec<usize>)> = new_by_account.iter().map(|(a, m)| (*a, m)).collect();
     for chunk in accounts.chunks(UPDATE_CHUNK) {
-        if dialect == Dialect::Postgres {
+        if dialect == Dialect::Postgres && chunk.len() > 1 {
             // Lock the rows in account-id order first: two processes' batches then always
             // lock in the same order and cannot deadlock.
             let sql = format!(
@@ -411,8 +422,9 @@ async fn write_batch(
         }
     }
 
-    // 4. Append the events. A key another process inserted since step 1 makes the insert skip
-    //    that row: then the batch is retried, and step 1 finds it.
+    // 4. Append the events. A key recorded before (not looked up on the optimistic try) or by
+    //    another process since step 1 makes the insert skip that row: then the whole batch is
+    //    rolled back and retried with the keys looked up, so nothing is counted twice.
     let mut event_ids: HashMap<EventKey, i64> = HashMap::new();
     for chunk in to_insert.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
