@@ -24,12 +24,11 @@ mod ssr {
     /// Sets the response status from the error, so server functions answer 404/422/… like the
     /// REST API does, not a blanket 500.
     pub fn fail<T>(result: Result<T, AppError>) -> Result<T, AppError> {
-        if let Err(e) = &result {
-            if let Some(opts) = use_context::<leptos_axum::ResponseOptions>() {
-                if let Ok(status) = http::StatusCode::from_u16(e.status()) {
-                    opts.set_status(status);
-                }
-            }
+        if let Err(e) = &result
+            && let Some(opts) = use_context::<leptos_axum::ResponseOptions>()
+            && let Ok(status) = http::StatusCode::from_u16(e.status())
+        {
+            opts.set_status(status);
         }
         result
     }

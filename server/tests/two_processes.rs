@@ -44,10 +44,10 @@ async fn start_server(database_url: &str) -> Server {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(res) = reqwest::get(format!("{}/healthz", server.base)).await {
-            if res.status().is_success() {
-                return server;
-            }
+        if let Ok(res) = reqwest::get(format!("{}/healthz", server.base)).await
+            && res.status().is_success()
+        {
+            return server;
         }
         assert!(Instant::now() < deadline, "server did not become healthy");
         tokio::time::sleep(Duration::from_millis(100)).await;

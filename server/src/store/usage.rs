@@ -476,20 +476,20 @@ async fn write_batch(
     // 5. Current users for replays (rare: only retried requests).
     let mut replay_users: HashMap<String, UserUsage> = HashMap::new();
     for plan in &plans {
-        if let Plan::AlreadyRecorded((account, _)) = plan {
-            if !replay_users.contains_key(account) {
-                let row = sqlx::query(
+        if let Plan::AlreadyRecorded((account, _)) = plan
+            && !replay_users.contains_key(account)
+        {
+            let row = sqlx::query(
                     "SELECT account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
                      FROM account WHERE account_id = $1",
                 )
                 .bind(account.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                replay_users.insert(
-                    account.clone(),
-                    usage_from_row(&row).map_err(BatchError::Fatal)?,
-                );
-            }
+            replay_users.insert(
+                account.clone(),
+                usage_from_row(&row).map_err(BatchError::Fatal)?,
+            );
         }
     }
 
