@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use domain::{NewUser, RecordUsage, TokenLimit, UserId, UserUsage};
 
 /// Why a ledger operation failed. Store-level: no HTTP, no wording for people.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     #[error("user not found")]
     UserNotFound,

@@ -225,60 +225,40 @@ async fn create_user_errors_change_nothing() {
             assert_eq!(got.1["error"]["field"], "tokenLimit", "{body}");
         }
     }
-    assert_error(
-        &api.raw(
-            "POST",
-            "/api/users",
-            Some("application/json"),
-            "{\"userId\": ",
-        )
-        .await,
-        400,
-        "malformed_json",
-    );
-    assert_error(
-        &api.raw(
-            "POST",
-            "/api/users",
-            Some("application/json"),
-            r#"{"userId":"new","tokenLimit":5} trailing"#,
-        )
-        .await,
-        400,
-        "malformed_json",
-    );
-    assert_error(
-        &api.raw(
-            "POST",
-            "/api/users",
-            Some("text/plain"),
-            r#"{"userId":"new","tokenLimit":5}"#,
-        )
-        .await,
-        415,
-        "unsupported_media_type",
-    );
-    assert_error(
-        &api.raw(
-            "POST",
-            "/api/users",
-            None,
-            r#"{"userId":"new","tokenLimit":5}"#,
-        )
-        .await,
-        415,
-        "unsupported_media_type",
-    );
     let huge = format!(
         r#"{{"userId":"new","tokenLimit":5,"displayName":"{}"}}"#,
         "a".repeat(100_000)
     );
-    assert_error(
-        &api.raw("POST", "/api/users", Some("application/json"), huge)
-            .await,
-        413,
-        "payload_too_large",
-    );
+    let valid = r#"{"userId":"new","tokenLimit":5}"#.to_owned();
+    let raw_cases: Vec<(Option<&str>, String, u16, &str)> = vec![
+        (
+            Some("application/json"),
+            "{\"userId\": ".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            Some("application/json"),
+            format!("{valid} trailing"),
+            400,
+            "malformed_json",
+        ),
+        (
+            Some("text/plain"),
+            valid.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (None, valid, 415, "unsupported_media_type"),
+        (Some("application/json"), huge, 413, "payload_too_large"),
+    ];
+    for (content_type, body, status, code) in raw_cases {
+        assert_error(
+            &api.raw("POST", "/api/users", content_type, body).await,
+            status,
+            code,
+        );
+    }
 
     assert_eq!(
         api.snapshot().await,

@@ -55,13 +55,17 @@ pub(super) async fn insert(
     }
 }
 
-pub(super) async fn get(db: &Db, user_id: &UserId) -> Result<Option<UserUsage>, LedgerError> {
+/// One account, through the pool or inside a transaction.
+pub(super) async fn get<'c, E>(conn: E, user_id: &str) -> Result<Option<UserUsage>, LedgerError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let row = sqlx::query(
         "SELECT account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
          FROM account WHERE account_id = $1",
     )
-    .bind(user_id.as_str())
-    .fetch_optional(&db.pool)
+    .bind(user_id)
+    .fetch_optional(conn)
     .await
     .map_err(ledger_error)?;
     row.as_ref().map(usage_from_row).transpose()

@@ -197,7 +197,7 @@ impl Ledger for SqlLedger {
     }
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserUsage>, LedgerError> {
-        accounts::get(&self.db, user_id).await
+        accounts::get(&self.db.pool, user_id.as_str()).await
     }
 
     async fn list_users(&self) -> Result<Vec<UserUsage>, LedgerError> {

@@ -25,7 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::accounts::usage_from_row;
+use super::accounts::{self, usage_from_row};
 use super::{Db, Dialect, from_micros, ledger_error, micros};
 
 #[derive(Debug, Clone, Copy)]
@@ -167,20 +167,9 @@ pub(super) async fn write_batch_with_retries(
             }
             Err(BatchError::Fatal(e)) => {
                 tracing::error!(error = %e, "usage batch failed");
-                return usages.iter().map(|_| Err(clone_error(&e))).collect();
+                return usages.iter().map(|_| Err(e.clone())).collect();
             }
         }
-    }
-}
-
-fn clone_error(e: &LedgerError) -> LedgerError {
-    match e {
-        LedgerError::UserNotFound => LedgerError::UserNotFound,
-        LedgerError::UserExists => LedgerError::UserExists,
-        LedgerError::KeyReused => LedgerError::KeyReused,
-        LedgerError::CounterOverflow => LedgerError::CounterOverflow,
-        LedgerError::Unavailable(s) => LedgerError::Unavailable(s.clone()),
-        LedgerError::Internal(s) => LedgerError::Internal(s.clone()),
     }
 }
 
@@ -479,17 +468,13 @@ async fn write_batch(
         if let Plan::AlreadyRecorded((account, _)) = plan
             && !replay_users.contains_key(account)
         {
-            let row = sqlx::query(
-                    "SELECT account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
-                     FROM account WHERE account_id = $1",
-                )
-                .bind(account.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            replay_users.insert(
-                account.clone(),
-                usage_from_row(&row).map_err(BatchError::Fatal)?,
-            );
+            let user = accounts::get(&mut *tx, account)
+                .await
+                .map_err(BatchError::Fatal)?
+                .ok_or_else(|| {
+                    BatchError::Fatal(LedgerError::Internal("event without its account".into()))
+                })?;
+            replay_users.insert(account.clone(), user);
         }
     }
 
@@ -535,7 +520,7 @@ async fn write_batch(
                     })
                 }
                 Some(Ok(_)) => Err(LedgerError::KeyReused),
-                Some(Err(e)) => Err(clone_error(e)),
+                Some(Err(e)) => Err(e.clone()),
                 None => Err(LedgerError::Internal("report without an outcome".into())),
             });
         }
