@@ -46,7 +46,8 @@ export default defineConfig({
     },
   ],
   webServer: {
-    command: `${binary} serve`,
+    // Demo mode: the demo admin and users exist, and the login page lists them.
+    command: `${binary} serve --seed-demo`,
     cwd: root,
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,

@@ -25,21 +25,27 @@ suite() {
   local label=$1 url=$2
   local port; port=$(free_port)
   local base="http://127.0.0.1:$port"
+  # Start from zero as a script would: an admin key to create users, and a backend key with
+  # usage:record that sends the reports (each request is authenticated).
+  RUST_LOG=warn "$bin" create-admin --database-url "$url" --user-id bench-admin >/dev/null
+  local admin_key recorder_key
+  admin_key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name bench 2>/dev/null)
+  recorder_key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name recorder --scope usage:record 2>/dev/null)
   RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
   local pid=$!
   trap "kill $pid 2>/dev/null || true" RETURN
   for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
   seq 0 $((USERS - 1)) | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$base/api/users" \
-    -H 'Content-Type: application/json' -d '{"userId":"u{}","tokenLimit":1000000000000}'
+    -H "Authorization: Bearer $admin_key" -H 'Content-Type: application/json' -d '{"userId":"u{}","tokenLimit":1000000000000,"password":"bench-password"}'
 
   echo "## $label"
   echo "### GET /livez (no database)"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$base/livez" | grep -E 'Requests/sec|Latency|99%|Non-2xx'
   echo "### POST usage, $USERS users"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$USERS" spread \
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$USERS" spread "$recorder_key" \
     | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
   echo "### POST usage, one hot user"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- 1 hot \
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- 1 hot "$recorder_key" \
     | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "### exactness"

@@ -77,6 +77,14 @@ impl AppError {
         )
     }
 
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            ErrorKind::Unauthenticated,
+            "unauthenticated",
+            "Log in first, or send an API key as 'Authorization: Bearer <key>'.",
+        )
+    }
+
     /// The error a person sees when something broke on our side; the cause is logged, not sent.
     pub fn internal() -> Self {
         Self::new(

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod components;
+#[cfg(feature = "ssr")]
+pub mod credentials;
 pub mod error;
 pub mod format;
 pub mod pages;
@@ -13,13 +15,19 @@ pub mod pages;
 pub mod ports;
 #[cfg(feature = "ssr")]
 pub mod service;
+pub mod session;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::path;
 
-use crate::pages::{DashboardPage, HomePage, NotFoundPage};
+use leptos::form::ActionForm;
+
+use crate::pages::{
+    AccountPage, DashboardPage, LoginPage, MyDashboardPage, NotFoundPage, UserListPage,
+};
+use crate::session::{Session, is_admin};
 
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -45,6 +53,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    let session = Session::provide();
     // Flips to true once the WASM has taken over the server-rendered page (effects run only in
     // the browser); tests wait on it, and it costs nothing.
     let (hydrated, set_hydrated) = signal(false);
@@ -55,14 +64,35 @@ pub fn App() -> impl IntoView {
         <Router>
             <header class="topbar">
                 <a class="brand" href="/">"tokenmeter"</a>
-                <nav aria-label="Main">
-                    <A href="/" exact=true>"Dashboard"</A>
-                </nav>
+                <Transition fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        let me = session.me.await.ok().flatten();
+                        me.clone().map(|me| view! {
+                            <nav aria-label="Main">
+                                <A href="/" exact=true>"My usage"</A>
+                                {is_admin(&Some(me.clone())).then(|| view! { <A href="/users">"Users"</A> })}
+                                <A href="/account">"Account"</A>
+                            </nav>
+                            <div class="account-menu">
+                                <span class="who" data-testid="whoami">
+                                    {me.display_name.clone()} " "
+                                    <span class="muted">"(" {me.user_id.clone()} ", " {me.role.as_str()} ")"</span>
+                                </span>
+                                <ActionForm action=session.logout>
+                                    <button type="submit" class="link-button">"Log out"</button>
+                                </ActionForm>
+                            </div>
+                        })
+                    })}
+                </Transition>
             </header>
             <main id="main" data-hydrated=move || hydrated.get().to_string()>
                 <Routes fallback=NotFoundPage>
-                    <Route path=path!("/") view=HomePage />
+                    <Route path=path!("/") view=MyDashboardPage />
+                    <Route path=path!("/login") view=LoginPage />
+                    <Route path=path!("/users") view=UserListPage />
                     <Route path=path!("/users/:user_id") view=DashboardPage />
+                    <Route path=path!("/account") view=AccountPage />
                 </Routes>
             </main>
         </Router>

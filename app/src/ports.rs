@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{NewUser, RecordUsage, TokenLimit, UserId, UserUsage};
+use domain::{NewUser, RecordUsage, Role, Scope, TokenLimit, UserId, UserUsage};
 
 /// Why a ledger operation failed. Store-level: no HTTP, no wording for people.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,4 +59,110 @@ pub trait Ledger: Send + Sync + 'static {
     async fn record_usage(&self, usage: RecordUsage) -> Result<Recorded, LedgerError>;
     /// Whether the database answers.
     async fn ping(&self) -> bool;
+}
+
+/// An account as authentication sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub display_name: String,
+    pub role: Role,
+}
+
+/// An API key as stored: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key_id: i64,
+    pub user_id: UserId,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A new API key to store: the hash of its secret, never the secret.
+#[derive(Debug, Clone)]
+pub struct NewKey<'a> {
+    pub user_id: &'a UserId,
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub secret_hash: &'a str,
+    pub scopes: &'a [Scope],
+}
+
+/// Accounts' credentials, sessions, API keys and failed logins. Only hashes cross this port.
+#[async_trait]
+pub trait AuthStore: Send + Sync + 'static {
+    /// Creates the account and its password in one transaction.
+    async fn create_user_with_password(
+        &self,
+        user: NewUser,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UserUsage, LedgerError>;
+    /// The account and its password hash (None when it has no password yet).
+    async fn login_record(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Option<(Principal, Option<String>)>, LedgerError>;
+    /// Sets the password and ends every session of the account.
+    async fn set_password_hash(
+        &self,
+        user_id: &UserId,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    async fn set_role(&self, user_id: &UserId, role: Role) -> Result<(), LedgerError>;
+
+    async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    /// The account behind a live (unexpired) session.
+    async fn session_principal(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, LedgerError>;
+    async fn delete_session(&self, token_hash: &str) -> Result<(), LedgerError>;
+
+    async fn insert_api_key(
+        &self,
+        key: NewKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredKey, LedgerError>;
+    /// The account and key behind an unrevoked key; notes when it was last used.
+    async fn api_key_principal(
+        &self,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Principal, StoredKey)>, LedgerError>;
+    async fn list_api_keys(&self, user_id: &UserId) -> Result<Vec<StoredKey>, LedgerError>;
+    /// Revokes one of the user's keys; None when the user has no such key.
+    async fn revoke_api_key(
+        &self,
+        user_id: &UserId,
+        key_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredKey>, LedgerError>;
+
+    /// Failed logins per subject (`account:…`, `address:…`) since a moment.
+    async fn count_login_failures(
+        &self,
+        subject: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u32, LedgerError>;
+    /// Notes a failed login for each subject, and forgets failures older than `forget_before`.
+    async fn record_login_failure(
+        &self,
+        subjects: &[&str],
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+    async fn clear_login_failures(&self, subject: &str) -> Result<(), LedgerError>;
 }

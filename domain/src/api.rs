@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{Role, Scope, validate_key_name, validate_password};
 use crate::math::{UsageLevel, percentage_from_bps};
 use crate::{
     DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, TokenLimit, UsageSource, UserId,
@@ -18,6 +19,7 @@ use crate::{
 pub struct UserView {
     pub user_id: String,
     pub display_name: String,
+    pub role: Role,
     pub token_limit: u64,
     pub token_usage: u64,
     pub tokens_reserved: u64,
@@ -37,6 +39,7 @@ impl From<&UserUsage> for UserView {
         Self {
             user_id: u.user_id.to_string(),
             display_name: u.display_name.as_str().to_owned(),
+            role: u.role,
             token_limit: u.token_limit.get(),
             token_usage: u.tokens_used,
             tokens_reserved: u.tokens_reserved,
@@ -57,13 +60,19 @@ impl From<UserUsage> for UserView {
 }
 
 /// `POST /api/users`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUserBody {
     pub user_id: String,
     pub token_limit: i64,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// "user" (the default) or "admin".
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The first password. Without one the server makes one up and answers it once.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl CreateUserBody {
@@ -75,8 +84,91 @@ impl CreateUserBody {
             .as_deref()
             .map(DisplayName::parse)
             .transpose()?;
-        Ok(NewUser::new(user_id, display_name, token_limit))
+        let role = self.role.as_deref().map(Role::parse).transpose()?;
+        if let Some(password) = &self.password {
+            validate_password(password)?;
+        }
+        Ok(NewUser::new(user_id, display_name, token_limit).with_role(role.unwrap_or(Role::User)))
     }
+}
+
+/// The answer to `POST /api/users`: the user, and the generated first password when the
+/// request did not set one (shown this once, never stored in clear).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedUserView {
+    #[serde(flatten)]
+    pub user: UserView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_password: Option<String>,
+}
+
+/// `POST /api/session`: log in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginBody {
+    pub user_id: String,
+    pub password: String,
+}
+
+/// `PUT /api/users/{userId}/password`: a user changes their own (with the current one); an
+/// admin sets anyone's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetPasswordBody {
+    #[serde(default)]
+    pub current_password: Option<String>,
+    pub new_password: String,
+}
+
+/// Who is logged in: `GET /api/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeView {
+    pub user_id: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+/// `POST /api/users/{userId}/keys`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateApiKeyBody {
+    pub name: String,
+    /// e.g. `["usage:record"]`; only admins may grant scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl CreateApiKeyBody {
+    pub fn validate(&self) -> Result<(String, Vec<Scope>), ValidationError> {
+        let name = validate_key_name(&self.name)?;
+        let scopes = Scope::parse_list(&self.scopes.join(" "))?;
+        Ok((name, scopes))
+    }
+}
+
+/// An API key as listed: never the secret, only its first characters to recognise it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyView {
+    pub key_id: i64,
+    pub user_id: String,
+    pub name: String,
+    /// The key's public beginning, e.g. `tm_3f9a1c2b`.
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to creating a key: the secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedApiKeyView {
+    pub key: String,
+    pub api_key: ApiKeyView,
 }
 
 /// `PUT /api/users/{userId}/limit`
@@ -150,4 +242,13 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// A demo account the login page offers in demo mode (`make run`): public by design.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoLoginView {
+    pub user_id: String,
+    pub password: String,
+    pub role: Role,
 }

@@ -3,6 +3,7 @@
 //! Pure and I/O-free: no framework, no database, no clock reads. Every function with an
 //! invariant is property-tested (see `tests/properties.rs`).
 
+pub mod access;
 pub mod api;
 pub mod error;
 pub mod math;
@@ -10,6 +11,7 @@ pub mod sort;
 pub mod usage;
 pub mod user;
 
+pub use access::{Action, Caller, Credential, Denied, Role, Scope, authorize};
 pub use error::ValidationError;
 pub use math::{UsageLevel, remaining_tokens, used_basis_points};
 pub use sort::{SortDirection, UserSortKey, sort_users};

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
+use crate::access::Role;
 use crate::math::{UsageLevel, remaining_tokens, used_basis_points};
 
 /// A user's identifier: 1–64 characters from `A-Z a-z 0-9 . _ @ -`.
@@ -173,6 +174,7 @@ pub struct NewUser {
     pub user_id: UserId,
     pub display_name: DisplayName,
     pub token_limit: TokenLimit,
+    pub role: Role,
 }
 
 impl NewUser {
@@ -186,7 +188,13 @@ impl NewUser {
             user_id,
             display_name,
             token_limit,
+            role: Role::User,
         }
+    }
+
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
     }
 
     /// The state a freshly created user starts in: nothing used, stamped `now`.
@@ -195,6 +203,7 @@ impl NewUser {
             user_id: self.user_id.clone(),
             display_name: self.display_name.clone(),
             token_limit: self.token_limit,
+            role: self.role,
             tokens_used: 0,
             tokens_reserved: 0,
             lifetime_tokens: 0,
@@ -212,6 +221,7 @@ pub struct UserUsage {
     pub user_id: UserId,
     pub display_name: DisplayName,
     pub token_limit: TokenLimit,
+    pub role: Role,
     pub tokens_used: u64,
     pub tokens_reserved: u64,
     pub lifetime_tokens: u64,

@@ -44,7 +44,7 @@ proptest! {
     /// Property 1: a created user starts with zero usage, the given limit and id, stamped now.
     #[test]
     fn creation_initialises_correctly(id in valid_user_id(), limit in valid_limit(), at in timestamp()) {
-        let body = CreateUserBody { user_id: id.clone(), token_limit: limit, display_name: None };
+        let body = CreateUserBody { user_id: id.clone(), token_limit: limit, display_name: None, ..Default::default() };
         let new_user = body.validate().expect("valid body");
         let usage = new_user.initial_usage(at);
         prop_assert_eq!(usage.user_id.as_str(), id.as_str());
@@ -206,7 +206,7 @@ proptest! {
     /// sentence for a person.
     #[test]
     fn errors_are_descriptive(id in "\\PC{0,80}", limit in any::<i64>(), name in proptest::option::of("\\PC{0,120}")) {
-        let body = CreateUserBody { user_id: id, token_limit: limit, display_name: name };
+        let body = CreateUserBody { user_id: id, token_limit: limit, display_name: name, ..Default::default() };
         if let Err(e) = body.validate() {
             prop_assert!(["userId", "tokenLimit", "displayName"].contains(&e.field.as_str()));
             prop_assert!(e.code.starts_with("invalid_"));

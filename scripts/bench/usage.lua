@@ -1,5 +1,6 @@
 -- wrk script: POST /api/users/u{N}/usage with a unique Idempotency-Key per request.
--- Arguments (after --): number of users (1 = the hot user u0), a key prefix for this run.
+-- Arguments (after --): number of users (1 = the hot user u0), a key prefix for this run, and
+-- the API key (with the usage:record scope) that sends the reports.
 local threads = {}
 
 function setup(thread)
@@ -10,6 +11,7 @@ end
 function init(args)
   users = tonumber(args[1]) or 1000
   prefix = args[2] or "bench"
+  api_key = args[3] or ""
   counter = 0
   math.randomseed(os.time() + tid)
 end
@@ -24,6 +26,7 @@ request = function()
   end
   local headers = {
     ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. api_key,
     ["Idempotency-Key"] = prefix .. "-" .. tid .. "-" .. counter,
   }
   return wrk.format("POST", "/api/users/u" .. user .. "/usage", headers, body)

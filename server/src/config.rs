@@ -35,7 +35,46 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "TOKENMETER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Fill an empty database with demo users and usage before serving.
+    /// Fill an empty database with demo users and usage before serving, and show the demo
+    /// logins on the login page.
     #[arg(long, env = "TOKENMETER_SEED_DEMO", default_value_t = false)]
     pub seed_demo: bool,
+    /// How long a login lasts, in hours.
+    #[arg(long, env = "TOKENMETER_SESSION_HOURS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=24 * 90))]
+    pub session_hours: u32,
+    /// Always mark the session cookie `Secure` (serve over HTTPS).
+    #[arg(long, env = "TOKENMETER_SECURE_COOKIES", default_value_t = false)]
+    pub secure_cookies: bool,
+    /// Trust `X-Forwarded-For` and `X-Forwarded-Proto` from a reverse proxy in front.
+    #[arg(long, env = "TOKENMETER_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+}
+
+/// `tokenmeter create-admin`
+#[derive(Debug, Clone, Args)]
+pub struct CreateAdminArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The admin's user id; created if missing, promoted (and given a new password) if not.
+    #[arg(long, default_value = "admin")]
+    pub user_id: String,
+    /// Token limit when the account is created.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub token_limit: i64,
+}
+
+/// `tokenmeter create-api-key`
+#[derive(Debug, Clone, Args)]
+pub struct CreateApiKeyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Whose key it is: it acts as this user, with this user's role.
+    #[arg(long)]
+    pub user_id: String,
+    /// A name to recognise the key by.
+    #[arg(long, default_value = "cli")]
+    pub name: String,
+    /// Extra rights, e.g. `--scope usage:record` for a backend that reports usage for everyone.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
 }

@@ -4,13 +4,37 @@
 
 use std::error::Error;
 
-use app::ports::Ledger;
+use app::credentials::hash_password;
+use app::ports::{AuthStore, Ledger};
 use chrono::{Duration, Utc};
+use domain::api::DemoLoginView;
 use domain::{
-    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, TokenLimit, UsageSource, UserId,
+    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, Role, TokenLimit, UsageSource,
+    UserId,
 };
 
 use crate::store::SqlLedger;
+
+/// The demo administrator and the password every demo account has. Public on purpose: the
+/// README and the login page (in demo mode only) say them.
+pub const DEMO_ADMIN: &str = "admin";
+pub const DEMO_ADMIN_PASSWORD: &str = "demo-admin";
+pub const DEMO_USER_PASSWORD: &str = "demo-password";
+
+/// The accounts the login page offers in demo mode.
+pub fn demo_logins() -> Vec<DemoLoginView> {
+    std::iter::once(DemoLoginView {
+        user_id: DEMO_ADMIN.to_owned(),
+        password: DEMO_ADMIN_PASSWORD.to_owned(),
+        role: Role::Admin,
+    })
+    .chain(DEMO_USERS.iter().map(|(id, ..)| DemoLoginView {
+        user_id: (*id).to_owned(),
+        password: DEMO_USER_PASSWORD.to_owned(),
+        role: Role::User,
+    }))
+    .collect()
+}
 
 /// (id, name, limit, share of the limit to have used, in percent)
 const DEMO_USERS: &[(&str, &str, i64, u64)] = &[
@@ -52,6 +76,17 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
     let start = now - Duration::days(DAYS);
     let mut rng = Lcg(0x7e57_5eed);
     let mut events = 0;
+    let admin_hash = hash_password(DEMO_ADMIN_PASSWORD.to_owned()).await?;
+    let user_hash = hash_password(DEMO_USER_PASSWORD.to_owned()).await?;
+    let admin = NewUser::new(
+        UserId::parse(DEMO_ADMIN)?,
+        Some(DisplayName::parse("Demo Admin")?),
+        TokenLimit::new(1_000_000)?,
+    )
+    .with_role(Role::Admin);
+    ledger
+        .create_user_with_password(admin, &admin_hash, start)
+        .await?;
     for &(id, name, limit, percent) in DEMO_USERS {
         let user_id = UserId::parse(id)?;
         let new_user = NewUser::new(
@@ -59,7 +94,9 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
             Some(DisplayName::parse(name)?),
             TokenLimit::new(limit)?,
         );
-        ledger.create_user(new_user, start).await?;
+        ledger
+            .create_user_with_password(new_user, &user_hash, start)
+            .await?;
 
         let target = limit as u64 * percent / 100;
         let mut usages = Vec::new();
@@ -96,7 +133,7 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
         events += usages.len();
     }
     Ok(Some(Seeded {
-        users: DEMO_USERS.len(),
+        users: DEMO_USERS.len() + 1,
         events,
     }))
 }

@@ -8,21 +8,26 @@ pub mod web;
 
 use std::sync::Arc;
 
-use app::service::Services;
+use app::service::{AuthSettings, Services};
 
 use crate::store::{Db, SqlLedger, WriterConfig};
 
 /// Connects to the database, applies migrations and starts the ledger writer.
 pub async fn open_services(
     database_url: &str,
+    settings: AuthSettings,
 ) -> Result<(Services, Arc<SqlLedger>), Box<dyn std::error::Error + Send + Sync>> {
     let db = Db::connect(database_url).await?;
     db.migrate().await?;
     let ledger = SqlLedger::start(db, WriterConfig::default());
-    Ok((
-        Services {
-            ledger: ledger.clone(),
-        },
-        ledger,
-    ))
+    Ok((services_for(ledger.clone(), settings), ledger))
+}
+
+/// The services over one SQL store, which is both the ledger and the account store.
+pub fn services_for(ledger: Arc<SqlLedger>, settings: AuthSettings) -> Services {
+    Services {
+        ledger: ledger.clone(),
+        auth: ledger,
+        settings: Arc::new(settings),
+    }
 }

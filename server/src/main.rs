@@ -2,8 +2,12 @@
 
 use std::process::ExitCode;
 
+use app::service::AuthSettings;
 use clap::{Parser, Subcommand};
-use tokenmeter_server::config::{DbArgs, ServeArgs};
+use domain::api::CreateApiKeyBody;
+use domain::{TokenLimit, UserId};
+use tokenmeter_server::config::{CreateAdminArgs, CreateApiKeyArgs, DbArgs, ServeArgs};
+use tokenmeter_server::http::auth::AuthLayerConfig;
 use tokenmeter_server::store::Db;
 use tokenmeter_server::web::{WebConfig, build_app, leptos_options};
 use tokenmeter_server::{demo, open_services};
@@ -30,6 +34,10 @@ enum Command {
     SeedDemo(DbArgs),
     /// Check every user's counter against the sum of their ledger events; exit 1 on a mismatch.
     Audit(DbArgs),
+    /// Make an admin account (creating it if needed) and print its new password, once.
+    CreateAdmin(CreateAdminArgs),
+    /// Create an API key for a user and print it, once (for scripts and CI).
+    CreateApiKey(CreateApiKeyArgs),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +58,8 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => migrate(args).await,
         Command::SeedDemo(args) => seed(args).await,
         Command::Audit(args) => audit(args).await,
+        Command::CreateAdmin(args) => create_admin(args).await,
+        Command::CreateApiKey(args) => create_api_key(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,7 +81,16 @@ fn default_serve_args() -> ServeArgs {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    let (services, ledger) = open_services(&args.db.database_url).await?;
+    let settings = AuthSettings {
+        session_ttl: chrono::Duration::hours(args.session_hours.into()),
+        demo_logins: if args.seed_demo {
+            demo::demo_logins()
+        } else {
+            Vec::new()
+        },
+        ..AuthSettings::default()
+    };
+    let (services, ledger) = open_services(&args.db.database_url, settings).await?;
     if args.seed_demo {
         report_seed(demo::seed_demo(&ledger).await?);
     }
@@ -81,13 +100,48 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
             leptos: leptos_options(),
             cors_origins: args.cors_origins.clone(),
             max_body_bytes: args.max_body_bytes,
+            auth: AuthLayerConfig {
+                secure_cookies: args.secure_cookies,
+                trust_proxy: args.trust_proxy,
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!("tokenmeter listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    Ok(())
+}
+
+async fn create_admin(args: CreateAdminArgs) -> Result<(), BoxError> {
+    let user_id = UserId::parse(&args.user_id)?;
+    let limit = TokenLimit::new(args.token_limit)?;
+    let (services, _) = open_services(&args.db.database_url, AuthSettings::default()).await?;
+    let password = services.bootstrap_admin(&user_id, limit).await?;
+    println!("admin: {user_id}");
+    println!("password: {password}");
+    println!("This password is shown once. Log in and change it under Account.");
+    Ok(())
+}
+
+async fn create_api_key(args: CreateApiKeyArgs) -> Result<(), BoxError> {
+    let user_id = UserId::parse(&args.user_id)?;
+    let (services, _) = open_services(&args.db.database_url, AuthSettings::default()).await?;
+    let body = CreateApiKeyBody {
+        name: args.name,
+        scopes: args.scopes,
+    };
+    let created = services.bootstrap_api_key(&user_id, &body).await?;
+    // The key alone on stdout, so scripts can capture it: KEY=$(tokenmeter create-api-key …)
+    println!("{}", created.key);
+    eprintln!(
+        "created API key {} ({}) for {user_id}; it is shown once",
+        created.api_key.prefix, created.api_key.name
+    );
     Ok(())
 }
 
@@ -99,13 +153,13 @@ async fn migrate(args: DbArgs) -> Result<(), BoxError> {
 }
 
 async fn seed(args: DbArgs) -> Result<(), BoxError> {
-    let (_, ledger) = open_services(&args.database_url).await?;
+    let (_, ledger) = open_services(&args.database_url, AuthSettings::default()).await?;
     report_seed(demo::seed_demo(&ledger).await?);
     Ok(())
 }
 
 async fn audit(args: DbArgs) -> Result<(), BoxError> {
-    let (_, ledger) = open_services(&args.database_url).await?;
+    let (_, ledger) = open_services(&args.database_url, AuthSettings::default()).await?;
     let audit = ledger.audit().await?;
     println!(
         "users: {}  events: {}  tokens in events: {}  tokens in counters: {}",

@@ -12,11 +12,13 @@ use leptos_axum::{LeptosRoutes, generate_route_list};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::http::api_router;
+use crate::http::auth::{AuthLayerConfig, AuthState, authenticate};
 
 pub struct WebConfig {
     pub leptos: LeptosOptions,
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub auth: AuthLayerConfig,
 }
 
 /// Leptos options from cargo-leptos's environment variables, with defaults that let the binary
@@ -56,8 +58,16 @@ pub fn build_app(services: Services, config: WebConfig) -> Router {
         ))
         .with_state(config.leptos.clone());
 
+    let auth_state = AuthState {
+        services: services.clone(),
+        config: config.auth,
+    };
     let mut app = api_router(services)
         .merge(pages)
+        .layer(axum::middleware::from_fn_with_state(
+            auth_state,
+            authenticate,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let origins: Vec<HeaderValue> = config
         .cors_origins
@@ -70,7 +80,7 @@ pub fn build_app(services: Services, config: WebConfig) -> Router {
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::PUT])
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
                 .allow_headers([
                     axum::http::header::CONTENT_TYPE,
                     axum::http::header::AUTHORIZATION,

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 struct Api {
     base: String,
     http: Client,
+    /// An admin's API key: every request here is an admin's unless a test says otherwise.
+    key: String,
 }
 
 impl Api {
@@ -20,10 +22,12 @@ impl Api {
         let db = common::sqlite();
         let ledger = common::ledger(&db).await;
         let base = common::serve(ledger.clone()).await;
+        let key = common::admin_key(&common::services(ledger.clone()), "root").await;
         (
             Self {
                 base,
                 http: Client::new(),
+                key,
             },
             db,
             ledger,
@@ -31,10 +35,13 @@ impl Api {
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(
-            method.parse().expect("method"),
-            format!("{}{path}", self.base),
-        );
+        let mut req = self
+            .http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            )
+            .bearer_auth(&self.key);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -57,6 +64,7 @@ impl Api {
                 method.parse().expect("method"),
                 format!("{}{path}", self.base),
             )
+            .bearer_auth(&self.key)
             .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -70,6 +78,7 @@ impl Api {
         let mut req = self
             .http
             .post(format!("{}/api/users/{user}/usage", self.base))
+            .bearer_auth(&self.key)
             .json(&body);
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
@@ -115,9 +124,18 @@ async fn create_and_read_users() {
     assert_eq!(user["percentageUsed"], 0.0);
     assert!(user["lastUpdated"].as_str().expect("time").ends_with('Z'));
 
+    // No password in the request: one was generated and is answered this once.
+    let mut user = user;
+    let password = user
+        .as_object_mut()
+        .expect("object")
+        .remove("initialPassword")
+        .expect("a generated first password");
+    assert_eq!(password.as_str().expect("text").len(), 20);
     let (status, got) = api.send("GET", "/api/users/ana.silva", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, user);
+    assert!(got.get("initialPassword").is_none());
 
     let (_, second) = api
         .send(
@@ -129,7 +147,11 @@ async fn create_and_read_users() {
     assert_eq!(second["displayName"], "ben", "the id is the default name");
     let (status, list) = api.send("GET", "/api/users", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(list.as_array().expect("array").len(), 2);
+    assert_eq!(
+        list.as_array().expect("array").len(),
+        3,
+        "ana.silva, ben and the admin root"
+    );
 
     assert_error(
         &api.send("GET", "/api/users/nobody", None).await,
@@ -507,6 +529,7 @@ async fn list_sorting() {
             .expect("array")
             .iter()
             .map(|u| u["userId"].as_str().expect("id").to_owned())
+            .filter(|id| id != "root")
             .collect()
     };
     for (query, want) in [
@@ -598,9 +621,22 @@ async fn pages_render_on_the_server() {
     )
     .await;
     api.usage("ana", json!({"tokensConsumed": 250}), None).await;
+    // Without credentials a page sends the browser to log in, and back here after.
+    let no_redirects = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let anonymous = no_redirects
+        .get(format!("{}/users/ana", api.base))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    assert_eq!(anonymous.headers()["location"], "/login?next=/users/ana");
     let page = api
         .http
         .get(format!("{}/users/ana", api.base))
+        .bearer_auth(&api.key)
         .send()
         .await
         .expect("page");
@@ -613,6 +649,7 @@ async fn pages_render_on_the_server() {
     let missing = api
         .http
         .get(format!("{}/no/such/page", api.base))
+        .bearer_auth(&api.key)
         .send()
         .await
         .expect("page");

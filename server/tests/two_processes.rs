@@ -3,56 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::json;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn start_server(database_url: &str) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
-        .arg("serve")
-        .env("DATABASE_URL", database_url)
-        .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start tokenmeter");
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(res) = reqwest::get(format!("{}/healthz", server.base)).await
-            && res.status().is_success()
-        {
-            return server;
-        }
-        assert!(Instant::now() < deadline, "server did not become healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_on_one_postgres_stay_exact() {
@@ -61,12 +12,33 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
     const USERS: usize = 100;
 
     let db = common::postgres().await;
-    let a = start_server(&db.url).await;
-    let b = start_server(&db.url).await;
+    let a = common::start_server(&db.url, &[]).await;
+    let b = common::start_server(&db.url, &[]).await;
     let http = reqwest::Client::new();
+    // Bootstrapped from zero with the CLI, as a script would: an admin key to create users,
+    // and a backend key that may only record usage.
+    common::cli(&db.url, &["create-admin", "--user-id", "root"]);
+    let admin = common::cli(&db.url, &["create-api-key", "--user-id", "root"])
+        .trim()
+        .to_owned();
+    let recorder = common::cli(
+        &db.url,
+        &[
+            "create-api-key",
+            "--user-id",
+            "root",
+            "--name",
+            "backend",
+            "--scope",
+            "usage:record",
+        ],
+    )
+    .trim()
+    .to_owned();
     for u in 0..USERS {
         let res = http
             .post(format!("{}/api/users", a.base))
+            .bearer_auth(&admin)
             .json(&json!({"userId": format!("u{u}"), "tokenLimit": 1_000_000_000}))
             .send()
             .await
@@ -78,6 +50,7 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
     for c in 0..CLIENTS {
         let http = http.clone();
         let bases = [a.base.clone(), b.base.clone()];
+        let recorder = recorder.clone();
         clients.push(tokio::spawn(async move {
             let mut sent = vec![0u64; USERS];
             for i in 0..PER_CLIENT {
@@ -93,6 +66,7 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
                 let body = json!({"tokensConsumed": tokens});
                 let first = http
                     .post(url(&bases[i % 2]))
+                    .bearer_auth(&recorder)
                     .header("Idempotency-Key", &key)
                     .json(&body)
                     .send()
@@ -103,6 +77,7 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
                     // A client retry that lands on the other process: recorded once.
                     let retry = http
                         .post(url(&bases[(i + 1) % 2]))
+                        .bearer_auth(&recorder)
                         .header("Idempotency-Key", &key)
                         .json(&body)
                         .send()
@@ -124,13 +99,14 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
     }
     let users: Vec<serde_json::Value> = http
         .get(format!("{}/api/users", b.base))
+        .bearer_auth(&admin)
         .send()
         .await
         .expect("list")
         .json()
         .await
         .expect("json");
-    for user in &users {
+    for user in users.iter().filter(|u| u["userId"] != "root") {
         let u: usize = user["userId"].as_str().expect("id")[1..]
             .parse()
             .expect("index");

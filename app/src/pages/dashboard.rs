@@ -6,19 +6,43 @@ use leptos_router::hooks::use_params_map;
 
 use crate::api::get_user_usage;
 use crate::components::{ErrorNotice, UsageCard};
+use crate::session::use_session;
 
 /// How often the dashboard reloads the numbers.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
-/// One user's live usage, loaded through a server function, rendered on the server and
-/// refreshed in the browser every few seconds.
+/// `/users/{id}`: one user's dashboard (an admin's view of anyone; a user's of themselves).
 #[component]
 pub fn DashboardPage() -> impl IntoView {
     let params = use_params_map();
-    let user_id = move || params.read().get("user_id").unwrap_or_default();
+    let user_id = Signal::derive(move || params.read().get("user_id").unwrap_or_default());
+    view! { <UserDashboard user_id /> }
+}
+
+/// `/`: the logged-in user's own dashboard.
+#[component]
+pub fn MyDashboardPage() -> impl IntoView {
+    let session = use_session();
+    view! {
+        <Transition fallback=|| view! { <p class="loading" role="status">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match session.me.await {
+                    Ok(Some(me)) => view! { <UserDashboard user_id=Signal::stored(me.user_id) /> }.into_any(),
+                    Ok(None) => view! { <ErrorNotice error=crate::error::AppError::unauthenticated() /> }.into_any(),
+                    Err(error) => view! { <ErrorNotice error /> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+/// One user's live usage, loaded through a server function, rendered on the server and
+/// refreshed in the browser every few seconds.
+#[component]
+fn UserDashboard(#[prop(into)] user_id: Signal<String>) -> impl IntoView {
     let (refreshes, set_refreshes) = signal(0u64);
     let usage = Resource::new(
-        move || (user_id(), refreshes.get()),
+        move || (user_id.get(), refreshes.get()),
         |(id, _)| get_user_usage(id),
     );
 

@@ -1,7 +1,11 @@
+mod account;
 mod dashboard;
-mod home;
+mod login;
 mod not_found;
+mod users;
 
-pub use dashboard::DashboardPage;
-pub use home::HomePage;
+pub use account::AccountPage;
+pub use dashboard::{DashboardPage, MyDashboardPage};
+pub use login::LoginPage;
 pub use not_found::NotFoundPage;
+pub use users::UserListPage;

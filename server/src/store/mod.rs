@@ -5,6 +5,7 @@
 //! write transaction begins) the [`Dialect`] says so.
 
 mod accounts;
+mod auth;
 mod usage;
 
 use std::str::FromStr;
@@ -144,6 +145,16 @@ fn is_sqlite_busy(code: Option<&str>) -> bool {
         .is_some_and(|c| c & 0xff == 5)
 }
 
+/// Runs a transaction in its own task so it reaches COMMIT or ROLLBACK even when the request
+/// that started it goes away (sqlx 0.9's `begin()` is not cancel-safe on Postgres).
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, LedgerError>> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| LedgerError::Internal(format!("transaction task failed: {e}")))?
+}
+
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -193,7 +204,7 @@ impl Ledger for SqlLedger {
         user: NewUser,
         now: DateTime<Utc>,
     ) -> Result<UserUsage, LedgerError> {
-        accounts::insert(&self.db, &user, now).await
+        accounts::insert(&self.db.pool, &user, now).await
     }
 
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserUsage>, LedgerError> {

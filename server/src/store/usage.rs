@@ -342,7 +342,7 @@ async fn write_batch(
              UPDATE account SET tokens_used = tokens_used + d_delta, \
                  lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at \
              FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
-             RETURNING account_id, display_name, token_limit, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+             RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
             rows_sql.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));

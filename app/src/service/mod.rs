@@ -1,19 +1,54 @@
-//! The operations behind both the REST API and the server functions: validate, call the ledger,
-//! map errors. One place, so the two entry points cannot drift apart.
+//! The operations behind both the REST API and the server functions: authorize the caller,
+//! validate, call the store, map errors. One place, so the two entry points cannot drift apart
+//! and no entry point can forget the access check.
+
+pub mod auth;
 
 use std::sync::Arc;
 
 use chrono::Utc;
-use domain::api::{CreateUserBody, RecordUsageBody, RecordUsageView, SetLimitBody, UserView};
-use domain::{IdempotencyKey, SortDirection, UsageSource, UserId, UserSortKey, sort_users};
+use domain::api::{
+    CreateUserBody, CreatedUserView, RecordUsageBody, RecordUsageView, SetLimitBody, UserView,
+};
+use domain::{
+    Action, Caller, Denied, IdempotencyKey, SortDirection, UsageSource, UserId, UserSortKey,
+    authorize, sort_users,
+};
 
+use crate::credentials;
 use crate::error::{AppError, ErrorKind};
-use crate::ports::{Ledger, LedgerError};
+use crate::ports::{AuthStore, Ledger, LedgerError};
+
+pub use auth::{AuthSettings, Identity};
 
 /// Everything a request needs, handed to pages, server functions and REST handlers alike.
 #[derive(Clone)]
 pub struct Services {
     pub ledger: Arc<dyn Ledger>,
+    pub auth: Arc<dyn AuthStore>,
+    pub settings: Arc<AuthSettings>,
+}
+
+impl From<Denied> for AppError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::AdminOnly => AppError::new(
+                ErrorKind::Forbidden,
+                "admin_only",
+                "Only an administrator can do this.",
+            ),
+            Denied::NotYours => AppError::new(
+                ErrorKind::Forbidden,
+                "forbidden",
+                "You don't have access to this user's data.",
+            ),
+        }
+    }
+}
+
+/// Asks the policy; a refusal becomes a 403 before anything is read or written.
+pub fn allow(caller: &Caller, action: Action<'_>) -> Result<(), AppError> {
+    authorize(caller, action).map_err(AppError::from)
 }
 
 impl From<LedgerError> for AppError {
@@ -64,13 +99,35 @@ pub fn parse_user_id(raw: &str) -> Result<UserId, AppError> {
 }
 
 impl Services {
-    pub async fn create_user(&self, body: &CreateUserBody) -> Result<UserView, AppError> {
+    /// Creates a user with a password: the one in the request, or a generated one that is
+    /// answered this once.
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        body: &CreateUserBody,
+    ) -> Result<CreatedUserView, AppError> {
+        allow(caller, Action::CreateUser)?;
         let new_user = body.validate()?;
-        let created = self.ledger.create_user(new_user, Utc::now()).await?;
-        Ok(created.into())
+        let (password, generated) = match &body.password {
+            Some(p) => (p.clone(), None),
+            None => {
+                let p = credentials::generate_password();
+                (p.clone(), Some(p))
+            }
+        };
+        let hash = credentials::hash_password(password).await?;
+        let created = self
+            .auth
+            .create_user_with_password(new_user, &hash, Utc::now())
+            .await?;
+        Ok(CreatedUserView {
+            user: created.into(),
+            initial_password: generated,
+        })
     }
 
-    pub async fn get_user(&self, user_id: &UserId) -> Result<UserView, AppError> {
+    pub async fn get_user(&self, caller: &Caller, user_id: &UserId) -> Result<UserView, AppError> {
+        allow(caller, Action::ReadUser(user_id))?;
         match self.ledger.get_user(user_id).await? {
             Some(user) => Ok(user.into()),
             None => Err(AppError::user_not_found(user_id.as_str())),
@@ -79,9 +136,11 @@ impl Services {
 
     pub async fn list_users(
         &self,
+        caller: &Caller,
         key: UserSortKey,
         direction: SortDirection,
     ) -> Result<Vec<UserView>, AppError> {
+        allow(caller, Action::ListUsers)?;
         let mut users = self.ledger.list_users().await?;
         sort_users(&mut users, key, direction);
         Ok(users.iter().map(UserView::from).collect())
@@ -89,9 +148,11 @@ impl Services {
 
     pub async fn set_limit(
         &self,
+        caller: &Caller,
         user_id: &UserId,
         body: &SetLimitBody,
     ) -> Result<UserView, AppError> {
+        allow(caller, Action::SetLimit(user_id))?;
         let limit = body.validate()?;
         let updated = self
             .ledger
@@ -105,11 +166,13 @@ impl Services {
     /// so the report is recorded exactly once for this call.
     pub async fn record_usage(
         &self,
+        caller: &Caller,
         user_id: UserId,
         body: &RecordUsageBody,
         source: UsageSource,
         idempotency_key: Option<&str>,
     ) -> Result<RecordUsageView, AppError> {
+        allow(caller, Action::RecordUsage(&user_id))?;
         let key = match idempotency_key {
             Some(raw) => IdempotencyKey::parse(raw)?,
             None => IdempotencyKey::parse(&format!("auto-{}", fresh_key()))?,

@@ -6,17 +6,18 @@ use crate::api::list_users;
 use crate::components::ErrorNotice;
 use crate::format::{percent, thousands};
 
-/// The start page: every user with their usage, each linking to their dashboard.
+/// Admins' list of every user with their usage, each linking to their dashboard. The server
+/// refuses the list to anyone else; the page then says they are not allowed.
 #[component]
-pub fn HomePage() -> impl IntoView {
+pub fn UserListPage() -> impl IntoView {
     let users = Resource::new(
         || (),
         |_| list_users(UserSortKey::UserId, SortDirection::Asc),
     );
     view! {
-        <Title text="Dashboard" />
+        <Title text="Users" />
         <section class="page">
-            <h1>"Token usage"</h1>
+            <h1>"Users"</h1>
             <Transition fallback=|| view! { <p class="loading" role="status">"Loading users…"</p> }>
                 {move || Suspend::new(async move {
                     match users.await {
