@@ -49,7 +49,7 @@ fn key_from_row(row: &AnyRow) -> Result<StoredKey, LedgerError> {
 
 /// How stale `last_used_at` may get before a use writes it again: one write a minute per key at
 /// most, so a busy key does not turn every request into a write.
-const LAST_USED_RESOLUTION_MICROS: i64 = 60_000_000;
+pub(super) const LAST_USED_RESOLUTION_MICROS: i64 = 60_000_000;
 
 #[async_trait]
 impl AuthStore for SqlLedger {
@@ -226,17 +226,25 @@ impl AuthStore for SqlLedger {
         let stale = key
             .last_used_at
             .is_none_or(|t| micros(t) < now - LAST_USED_RESOLUTION_MICROS);
-        if stale {
-            sqlx::query(
-                "UPDATE api_key SET last_used_at = $2 WHERE api_key_id = $1 \
-                 AND (last_used_at IS NULL OR last_used_at < $3)",
-            )
-            .bind(key.key_id)
-            .bind(now)
-            .bind(now - LAST_USED_RESOLUTION_MICROS)
-            .execute(&self.db.pool)
-            .await
-            .map_err(ledger_error)?;
+        if stale && self.claim_key_touch(key.key_id, now) {
+            // Off the request's path: a use is noted at most once a minute per key and process,
+            // and a slow write (SQLite waits for the ledger writer's lock) never delays a call.
+            let pool = self.db.pool.clone();
+            let key_id = key.key_id;
+            tokio::spawn(async move {
+                let result = sqlx::query(
+                    "UPDATE api_key SET last_used_at = $2 WHERE api_key_id = $1 \
+                     AND (last_used_at IS NULL OR last_used_at < $3)",
+                )
+                .bind(key_id)
+                .bind(now)
+                .bind(now - LAST_USED_RESOLUTION_MICROS)
+                .execute(&pool)
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(%e, key_id, "could not note when an API key was last used");
+                }
+            });
         }
         Ok(Some((principal, key)))
     }

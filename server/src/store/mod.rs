@@ -168,12 +168,33 @@ pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
 pub struct SqlLedger {
     db: Db,
     writer: usage::WriterHandle,
+    /// When this process last wrote each API key's `last_used_at` (key id → µs).
+    key_touches: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
 
 impl SqlLedger {
     pub fn start(db: Db, config: WriterConfig) -> Arc<Self> {
         let writer = usage::WriterHandle::spawn(db.clone(), config);
-        Arc::new(Self { db, writer })
+        Arc::new(Self {
+            db,
+            writer,
+            key_touches: Default::default(),
+        })
+    }
+
+    /// Whether this process should write a key's last use now (once a minute per key at most).
+    pub(crate) fn claim_key_touch(&self, key_id: i64, now: i64) -> bool {
+        let mut touches = self
+            .key_touches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match touches.get(&key_id) {
+            Some(&at) if at > now - auth::LAST_USED_RESOLUTION_MICROS => false,
+            _ => {
+                touches.insert(key_id, now);
+                true
+            }
+        }
     }
 
     pub fn db(&self) -> &Db {
