@@ -3,9 +3,10 @@
 //! Endpoints are named explicitly so their URLs are stable (`/rpc/<name>`).
 
 use domain::api::{
-    ApiKeyView, CreateUserBody, CreatedApiKeyView, CreatedUserView, DemoLoginView, MeView, UserView,
+    ApiKeyView, CreateUserBody, CreatedApiKeyView, CreatedUserView, DemoLoginView, MeView,
+    UserPageView, UserView,
 };
-use domain::{SortDirection, UserSortKey};
+use domain::{SortDirection, UserQuery, UserSortKey};
 use leptos::prelude::*;
 
 use crate::error::AppError;
@@ -147,11 +148,26 @@ pub async fn get_user_usage(user_id: String) -> Result<UserView, AppError> {
 pub async fn list_users(
     sort: UserSortKey,
     direction: SortDirection,
+    #[server(default)] filter: String,
 ) -> Result<Vec<UserView>, AppError> {
     ssr::fail(
         async {
             let caller = ssr::caller()?;
-            ssr::services()?.list_users(&caller, sort, direction).await
+            ssr::services()?
+                .list_users(&caller, sort, direction, &filter)
+                .await
+        }
+        .await,
+    )
+}
+
+/// One page of the user list (admins), filtered and sorted.
+#[server(prefix = "/rpc", endpoint = "list_users_page")]
+pub async fn list_users_page(query: UserQuery) -> Result<UserPageView, AppError> {
+    ssr::fail(
+        async {
+            let caller = ssr::caller()?;
+            ssr::services()?.list_users_page(&caller, &query).await
         }
         .await,
     )

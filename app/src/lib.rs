@@ -13,6 +13,7 @@ pub mod format;
 pub mod pages;
 #[cfg(feature = "ssr")]
 pub mod ports;
+pub mod retry;
 #[cfg(feature = "ssr")]
 pub mod service;
 pub mod session;
@@ -24,10 +25,12 @@ use leptos_router::path;
 
 use leptos::form::ActionForm;
 
+use crate::components::{ToastRegion, Toasts};
 use crate::pages::{
-    AccountPage, DashboardPage, LoginPage, MyDashboardPage, NotFoundPage, UserListPage,
+    AccountPage, DashboardPage, LimitManagerPage, LoginPage, MyDashboardPage, NotFoundPage,
+    UserListPage,
 };
-use crate::session::{Session, is_admin};
+use crate::session::{AdminOnly, Session, is_admin};
 
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -54,6 +57,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_meta_context();
     let session = Session::provide();
+    Toasts::provide();
     // Flips to true once the WASM has taken over the server-rendered page (effects run only in
     // the browser); tests wait on it, and it costs nothing.
     let (hydrated, set_hydrated) = signal(false);
@@ -70,7 +74,10 @@ pub fn App() -> impl IntoView {
                         me.clone().map(|me| view! {
                             <nav aria-label="Main">
                                 <A href="/" exact=true>"My usage"</A>
-                                {is_admin(&Some(me.clone())).then(|| view! { <A href="/users">"Users"</A> })}
+                                {is_admin(&Some(me.clone())).then(|| view! {
+                                    <A href="/users">"Users"</A>
+                                    <A href="/limits">"Limits"</A>
+                                })}
                                 <A href="/account">"Account"</A>
                             </nav>
                             <div class="account-menu">
@@ -92,9 +99,11 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/login") view=LoginPage />
                     <Route path=path!("/users") view=UserListPage />
                     <Route path=path!("/users/:user_id") view=DashboardPage />
+                    <Route path=path!("/limits") view=|| view! { <AdminOnly><LimitManagerPage /></AdminOnly> } />
                     <Route path=path!("/account") view=AccountPage />
                 </Routes>
             </main>
+            <ToastRegion />
         </Router>
     }
 }

@@ -37,3 +37,35 @@ pub fn use_session() -> Session {
 pub fn is_admin(me: &Option<MeView>) -> bool {
     me.as_ref().is_some_and(|m| m.role == Role::Admin)
 }
+
+/// Shows `children` to admins only; anyone else sees why not (and, on the server, gets a 403).
+/// The server functions behind the page check the role again: this is for people, not a guard.
+#[component]
+pub fn AdminOnly(children: ChildrenFn) -> impl IntoView {
+    let session = use_session();
+    let children = StoredValue::new(children);
+    view! {
+        <Transition fallback=|| view! { <p class="loading" role="status">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                let me = session.me.await;
+                match me {
+                    Ok(me) if is_admin(&me) => children.read_value()().into_any(),
+                    Ok(None) => view! { <crate::components::ErrorNotice error=AppError::unauthenticated() /> }.into_any(),
+                    Ok(Some(_)) => {
+                        let error = AppError::new(
+                            crate::error::ErrorKind::Forbidden,
+                            "admin_only",
+                            "Only an administrator can do this.",
+                        );
+                        #[cfg(feature = "ssr")]
+                        if let Some(opts) = use_context::<leptos_axum::ResponseOptions>() {
+                            opts.set_status(http::StatusCode::FORBIDDEN);
+                        }
+                        view! { <crate::components::ErrorNotice error /> }.into_any()
+                    }
+                    Err(error) => view! { <crate::components::ErrorNotice error /> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}

@@ -252,3 +252,11 @@ pub struct DemoLoginView {
     pub password: String,
     pub role: Role,
 }
+
+/// One page of the user list, and where it sits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPageView {
+    pub users: Vec<UserView>,
+    pub page: crate::PageInfo,
+}

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod error;
+pub mod listing;
 pub mod math;
 pub mod sort;
 pub mod usage;
@@ -13,6 +14,7 @@ pub mod user;
 
 pub use access::{Action, Caller, Credential, Denied, Role, Scope, authorize};
 pub use error::ValidationError;
+pub use listing::{PageInfo, UserQuery, matches_filter, page_bounds, query_users};
 pub use math::{UsageLevel, remaining_tokens, used_basis_points};
 pub use sort::{SortDirection, UserSortKey, sort_users};
 pub use usage::{IdempotencyKey, ModelName, RecordUsage, TokenAmount, UsageSource};

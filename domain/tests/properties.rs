@@ -215,3 +215,95 @@ proptest! {
         }
     }
 }
+
+mod listing {
+    use super::*;
+    use domain::{UserQuery, matches_filter, page_bounds, query_users};
+
+    fn users() -> impl Strategy<Value = Vec<UserUsage>> {
+        proptest::collection::vec(user(), 0..60).prop_map(|mut v| {
+            v.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+            v.dedup_by(|a, b| a.user_id == b.user_id);
+            v
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        /// Pages cover every item exactly once, in order, and never run past the end.
+        #[test]
+        fn pages_partition_the_list(total in 0usize..500, size in 1u32..60) {
+            let (_, first) = page_bounds(total, 1, size);
+            let mut seen = 0;
+            for page in 1..=first.pages {
+                let (range, info) = page_bounds(total, page, size);
+                prop_assert_eq!(range.start, seen);
+                prop_assert!(range.len() <= size as usize);
+                prop_assert!(range.end <= total);
+                prop_assert_eq!(info.total, total as u64);
+                prop_assert_eq!(info.page, page);
+                seen = range.end;
+            }
+            prop_assert_eq!(seen, total);
+            // A page past the end shows the last one.
+            let (range, info) = page_bounds(total, first.pages + 3, size);
+            prop_assert_eq!(info.page, first.pages);
+            prop_assert_eq!(range.end, total);
+        }
+
+        /// The filter keeps exactly the users whose id or name contains the text, any case.
+        #[test]
+        fn filter_keeps_exactly_the_matches(list in users(), needle in "[a-zA-Z0-9.]{0,3}") {
+            let query = UserQuery { filter: needle.clone(), page_size: 500, ..UserQuery::default() };
+            let (page, info) = query_users(list.clone(), &query);
+            let expected: Vec<_> = list.iter().filter(|u| {
+                let n = needle.to_lowercase();
+                u.user_id.as_str().to_lowercase().contains(&n)
+                    || u.display_name.as_str().to_lowercase().contains(&n)
+            }).collect();
+            prop_assert_eq!(info.total as usize, expected.len());
+            prop_assert_eq!(page.len(), expected.len());
+            prop_assert!(page.iter().all(|u| matches_filter(u, &needle)));
+        }
+
+        /// Paging through a sorted, filtered list gives the same users in the same order as
+        /// sorting the whole filtered list at once.
+        #[test]
+        fn paging_agrees_with_the_full_sort(
+            list in users(),
+            key in prop_oneof![Just(UserSortKey::Usage), Just(UserSortKey::Limit), Just(UserSortKey::Percentage), Just(UserSortKey::Name), Just(UserSortKey::LastUpdated)],
+            desc in any::<bool>(),
+            size in 1u32..20,
+        ) {
+            let direction = if desc { SortDirection::Desc } else { SortDirection::Asc };
+            let mut all = list.clone();
+            sort_users(&mut all, key, direction);
+            let mut paged = Vec::new();
+            let mut page = 1;
+            loop {
+                let query = UserQuery { sort: key, direction, page, page_size: size, ..UserQuery::default() };
+                let (chunk, info) = query_users(list.clone(), &query);
+                paged.extend(chunk);
+                if page >= info.pages { break; }
+                page += 1;
+            }
+            let ids = |v: &[UserUsage]| v.iter().map(|u| u.user_id.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(ids(&paged), ids(&all));
+        }
+
+        /// Invalid pages, sizes and filters are refused with the field named.
+        #[test]
+        fn bad_queries_are_refused(page in 0u32..3, size in 0u32..1000, filter_len in 0usize..150) {
+            let query = UserQuery { page, page_size: size, filter: "x".repeat(filter_len), ..UserQuery::default() };
+            let ok = page >= 1 && (1..=UserQuery::MAX_PAGE_SIZE).contains(&size) && filter_len <= UserQuery::MAX_FILTER_LEN;
+            match query.validate() {
+                Ok(()) => prop_assert!(ok),
+                Err(e) => {
+                    prop_assert!(!ok);
+                    prop_assert!(["page", "pageSize", "filter"].contains(&e.field.as_str()));
+                }
+            }
+        }
+    }
+}

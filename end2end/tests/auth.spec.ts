@@ -54,7 +54,7 @@ test("a visit before login comes back to the page asked for", async ({ page }) =
 
 test("a wrong password is refused in words, and nothing opens", async ({ page }) => {
   const errors = watchErrors(page, [401]);
-  await logIn(page, DEMO_USER.userId, "not-the-password");
+  await logIn(page, DEMO_USER.userId, "not-the-password", { expectSuccess: false });
   await expect(page.getByRole("alert")).toHaveText("The user id or password is wrong.");
   await expect(page).toHaveURL(/\/login/);
   expect(errors, `browser errors: ${errors.join("\n")}`).toEqual([]);

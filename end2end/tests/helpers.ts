@@ -33,13 +33,15 @@ export async function recordUsage(request: APIRequestContext, userId: string, to
   return res.json();
 }
 
-/** Logs in through the login form, as a person would. */
-export async function logIn(page: Page, userId: string, password: string) {
+/** Logs in through the login form, as a person would, and waits until it worked (unless told
+ *  the login is meant to fail). */
+export async function logIn(page: Page, userId: string, password: string, { expectSuccess = true } = {}) {
   if (!page.url().includes("/login")) await page.goto("/login");
   await expect(page.locator("main")).toHaveAttribute("data-hydrated", "true");
   await page.getByLabel("User id").fill(userId);
   await page.getByLabel("Password").fill(password);
   await page.getByRole("button", { name: "Log in" }).click();
+  if (expectSuccess) await expect(page.getByTestId("whoami")).toBeVisible();
 }
 
 /** Collects everything that went wrong in the browser, to assert it stayed empty. */

@@ -790,3 +790,51 @@ async fn admin_password(w: &World) -> String {
     assert_eq!(status, StatusCode::NO_CONTENT);
     password
 }
+
+#[tokio::test]
+async fn the_user_list_pages_filters_and_sorts_for_admins() {
+    let db = common::sqlite();
+    let w = World::new(&db).await;
+    let page = |filter: &'static str, page: &'static str, size: &'static str| {
+        let admin = w.admin.clone();
+        let w = &w;
+        async move {
+            w.rpc(
+                &admin,
+                "list_users_page",
+                &[
+                    ("query[sort]", "userId"),
+                    ("query[direction]", "desc"),
+                    ("query[filter]", filter),
+                    ("query[page]", page),
+                    ("query[pageSize]", size),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, body) = page("", "1", "2").await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["userId"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["svc", "root"]);
+    assert_eq!(body["page"]["total"], 4);
+    assert_eq!(body["page"]["pages"], 2);
+    let (_, body) = page("", "9", "2").await;
+    assert_eq!(
+        body["page"]["page"], 2,
+        "a page past the end shows the last one"
+    );
+    let (_, body) = page("BO", "1", "25").await;
+    assert_eq!(body["users"][0]["userId"], "bob");
+    assert_eq!(body["page"]["total"], 1);
+    let (status, body) = page("", "0", "25").await;
+    assert_eq!(status.as_u16(), 422);
+    assert_eq!(body["field"], "page");
+    let (status, _) = page("", "1", "501").await;
+    assert_eq!(status.as_u16(), 422);
+}

@@ -539,10 +539,25 @@ async fn list_sorting() {
         ("?sort=percentage&direction=desc", ["a", "c", "b"]),
         ("?sort=remaining", ["a", "c", "b"]),
     ] {
+        let want: Vec<&str> = want.to_vec();
         let (status, list) = api.send("GET", &format!("/api/users{query}"), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ids(&list), want, "{query}");
     }
+    // A case-insensitive filter on id or name.
+    let (status, list) = api.send("GET", "/api/users?filter=B", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&list), ["b"]);
+    assert_error(
+        &api.send(
+            "GET",
+            &format!("/api/users?filter={}", "x".repeat(101)),
+            None,
+        )
+        .await,
+        422,
+        "invalid_filter",
+    );
     assert_error(
         &api.send("GET", "/api/users?sort=height", None).await,
         422,

@@ -11,9 +11,9 @@ pub fn UsageCard(user: UserView) -> impl IntoView {
     let bar_width = format!("{}%", user.used_basis_points.min(10_000) as f64 / 100.0);
     let notice = match level {
         UsageLevel::Normal => None,
-        UsageLevel::Warning => Some("You have used more than 75 % of your tokens."),
+        UsageLevel::Warning => Some("You have used 75 % or more of your tokens."),
         UsageLevel::Critical => {
-            Some("You have used more than 90 % of your tokens. You will soon be stopped.")
+            Some("You have used 90 % or more of your tokens. Model calls will soon be refused.")
         }
         UsageLevel::Exhausted => Some(
             "You have used all your tokens. Model calls are blocked until your limit is raised.",

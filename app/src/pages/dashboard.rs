@@ -1,15 +1,17 @@
-use std::time::Duration;
-
+use domain::UsageLevel;
+use domain::api::UserView;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 
 use crate::api::get_user_usage;
-use crate::components::{ErrorNotice, UsageCard};
+use crate::components::{ErrorNotice, Modal, UsageCard, use_toasts};
+use crate::format::thousands;
+use crate::retry::{is_transient, with_retry};
 use crate::session::use_session;
 
-/// How often the dashboard reloads the numbers.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often the dashboard reloads the numbers, in milliseconds.
+const REFRESH_EVERY_MS: u32 = 5_000;
 
 /// `/users/{id}`: one user's dashboard (an admin's view of anyone; a user's of themselves).
 #[component]
@@ -36,33 +38,94 @@ pub fn MyDashboardPage() -> impl IntoView {
     }
 }
 
+/// The local time of day in the browser, e.g. `14:05:09`.
+fn browser_time_now() -> Option<String> {
+    #[cfg(feature = "hydrate")]
+    {
+        let date = js_sys::Date::new_0();
+        Some(format!(
+            "{:02}:{:02}:{:02}",
+            date.get_hours(),
+            date.get_minutes(),
+            date.get_seconds()
+        ))
+    }
+    #[cfg(not(feature = "hydrate"))]
+    None
+}
+
 /// One user's live usage, loaded through a server function, rendered on the server and
-/// refreshed in the browser every few seconds.
+/// refreshed in the browser every few seconds while the tab is visible. A refresh that fails
+/// for a moment keeps the last numbers on screen and says so in a toast.
 #[component]
 fn UserDashboard(#[prop(into)] user_id: Signal<String>) -> impl IntoView {
+    let toasts = use_toasts();
     let (refreshes, set_refreshes) = signal(0u64);
+    let last_good = RwSignal::new(None::<UserView>);
+    let refreshed_at = RwSignal::new(None::<String>);
+    let limit_notice_closed = RwSignal::new(false);
     let usage = Resource::new(
         move || (user_id.get(), refreshes.get()),
-        |(id, _)| get_user_usage(id),
+        |(id, _)| async move { with_retry(|| get_user_usage(id.clone())).await },
     );
 
-    // Runs in the browser only: effects do not run during server rendering.
+    // Browser only (effects do not run on the server): tick every 5 s, skipping ticks while the
+    // tab is hidden so a background tab costs nothing.
     Effect::new(move |_| {
-        if let Ok(handle) =
-            set_interval_with_handle(move || set_refreshes.update(|n| *n += 1), REFRESH_EVERY)
+        #[cfg(feature = "hydrate")]
         {
-            on_cleanup(move || handle.clear());
+            let interval = gloo_timers::callback::Interval::new(REFRESH_EVERY_MS, move || {
+                if !document().hidden() {
+                    set_refreshes.update(|n| *n += 1);
+                }
+            });
+            let interval = send_wrapper::SendWrapper::new(interval);
+            on_cleanup(move || drop(interval));
         }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = (set_refreshes, REFRESH_EVERY_MS);
     });
+
+    let card = move |user: UserView| {
+        let exhausted = user.level == UsageLevel::Exhausted;
+        let limit = user.token_limit;
+        view! {
+            <UsageCard user />
+            <Show when=move || exhausted && !limit_notice_closed.get()>
+                <Modal title="Token limit reached".to_owned() on_close=move |_| limit_notice_closed.set(true)>
+                    <p>{format!("All {} tokens of this limit are used. Model calls are blocked until an administrator raises the limit.", thousands(limit))}</p>
+                    <div class="modal-actions">
+                        <button type="button" on:click=move |_| limit_notice_closed.set(true)>"I understand"</button>
+                    </div>
+                </Modal>
+            </Show>
+        }
+    };
 
     view! {
         <Title text="Usage" />
         <section class="page">
-            <h1>"Usage"</h1>
+            <div class="page-head">
+                <h1>"Usage"</h1>
+                <p class="muted refreshed" data-testid="refreshed">
+                    {move || match refreshed_at.get() {
+                        Some(at) => format!("Updated {at} · refreshes every 5 s"),
+                        None => "Refreshes every 5 s".to_owned(),
+                    }}
+                </p>
+            </div>
             <Transition fallback=|| view! { <p class="loading" role="status">"Loading usage…"</p> }>
                 {move || Suspend::new(async move {
                     match usage.await {
-                        Ok(user) => view! { <UsageCard user /> }.into_any(),
+                        Ok(user) => {
+                            last_good.set(Some(user.clone()));
+                            refreshed_at.set(browser_time_now());
+                            card(user).into_any()
+                        }
+                        Err(error) if is_transient(&error) && last_good.get_untracked().is_some() => {
+                            toasts.push(format!("Could not refresh the numbers: {} Showing the last ones.", error.message));
+                            card(last_good.get_untracked().unwrap_or_else(|| unreachable!())).into_any()
+                        }
                         Err(error) => view! { <ErrorNotice error /> }.into_any(),
                     }
                 })}

@@ -1,11 +1,13 @@
 mod account;
 mod dashboard;
+mod limits;
 mod login;
 mod not_found;
 mod users;
 
 pub use account::AccountPage;
 pub use dashboard::{DashboardPage, MyDashboardPage};
+pub use limits::LimitManagerPage;
 pub use login::LoginPage;
 pub use not_found::NotFoundPage;
 pub use users::UserListPage;

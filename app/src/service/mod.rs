@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use domain::api::{
-    CreateUserBody, CreatedUserView, RecordUsageBody, RecordUsageView, SetLimitBody, UserView,
+    CreateUserBody, CreatedUserView, RecordUsageBody, RecordUsageView, SetLimitBody, UserPageView,
+    UserView,
 };
 use domain::{
-    Action, Caller, Denied, IdempotencyKey, SortDirection, UsageSource, UserId, UserSortKey,
-    authorize, sort_users,
+    Action, Caller, Denied, IdempotencyKey, SortDirection, UsageSource, UserId, UserQuery,
+    UserSortKey, authorize, query_users, sort_users,
 };
 
 use crate::credentials;
@@ -134,14 +135,37 @@ impl Services {
         }
     }
 
+    /// One page of the user list, filtered and sorted.
+    pub async fn list_users_page(
+        &self,
+        caller: &Caller,
+        query: &UserQuery,
+    ) -> Result<UserPageView, AppError> {
+        allow(caller, Action::ListUsers)?;
+        query.validate()?;
+        let users = self.ledger.list_users().await?;
+        let (page, info) = query_users(users, query);
+        Ok(UserPageView {
+            users: page.iter().map(UserView::from).collect(),
+            page: info,
+        })
+    }
+
     pub async fn list_users(
         &self,
         caller: &Caller,
         key: UserSortKey,
         direction: SortDirection,
+        filter: &str,
     ) -> Result<Vec<UserView>, AppError> {
         allow(caller, Action::ListUsers)?;
+        UserQuery {
+            filter: filter.to_owned(),
+            ..UserQuery::default()
+        }
+        .validate()?;
         let mut users = self.ledger.list_users().await?;
+        users.retain(|u| domain::matches_filter(u, filter));
         sort_users(&mut users, key, direction);
         Ok(users.iter().map(UserView::from).collect())
     }

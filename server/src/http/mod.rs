@@ -65,7 +65,10 @@ async fn list_users(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     let (key, direction) = parse_sort(&query)?;
-    Ok(Json(services.list_users(&caller, key, direction).await?))
+    let filter = query.get("filter").map(String::as_str).unwrap_or("");
+    Ok(Json(
+        services.list_users(&caller, key, direction, filter).await?,
+    ))
 }
 
 /// `?sort=usage|limit|percentage|name|userId|remaining|lastUpdated&direction=asc|desc`
