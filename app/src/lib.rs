@@ -73,7 +73,7 @@ pub fn App() -> impl IntoView {
                         let me = session.me.await.ok().flatten();
                         me.clone().map(|me| view! {
                             <nav aria-label="Main">
-                                <A href="/" exact=true>"My usage"</A>
+                                <A href="/" exact=true>"Dashboard"</A>
                                 {is_admin(&Some(me.clone())).then(|| view! {
                                     <A href="/users">"Users"</A>
                                     <A href="/limits">"Limits"</A>

@@ -216,6 +216,27 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// The colour and warning thresholds: below 75 % normal, from 75 % warning, from 90 %
+    /// critical, from 100 % exhausted — computed from the exact share of used over limit.
+    #[test]
+    fn levels_follow_the_thresholds(used in 0u64..3_000_000, limit in 1u64..1_000_000) {
+        let level = UsageLevel::from_bps(used_basis_points(used, limit));
+        let expected = if used * 100 >= limit * 100 {
+            UsageLevel::Exhausted
+        } else if used * 100 >= limit * 90 {
+            UsageLevel::Critical
+        } else if used * 100 >= limit * 75 {
+            UsageLevel::Warning
+        } else {
+            UsageLevel::Normal
+        };
+        prop_assert_eq!(level, expected);
+    }
+}
+
 mod listing {
     use super::*;
     use domain::{UserQuery, matches_filter, page_bounds, query_users};

@@ -13,7 +13,7 @@ test("a user logs in and sees only their own dashboard", async ({ page }) => {
   await expect(page.getByRole("heading", { name: DEMO_USER.name })).toBeVisible();
   await expect(page.getByTestId("whoami")).toContainText(DEMO_USER.userId);
   const nav = page.getByRole("navigation", { name: "Main" });
-  await expect(nav.getByRole("link", { name: "My usage" })).toBeVisible();
+  await expect(nav.getByRole("link", { name: "Dashboard" })).toBeVisible();
   await expect(nav.getByRole("link", { name: "Users" })).toHaveCount(0);
   expect(errors, `browser errors: ${errors.join("\n")}`).toEqual([]);
 });
