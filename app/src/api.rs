@@ -175,6 +175,14 @@ pub async fn list_users_page(query: UserQuery) -> Result<UserPageView, AppError>
 
 #[server(prefix = "/rpc", endpoint = "create_user")]
 pub async fn create_user(body: CreateUserBody) -> Result<CreatedUserView, AppError> {
+    // A form leaves optional fields empty: empty means "not given".
+    let given = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let body = CreateUserBody {
+        display_name: given(body.display_name),
+        role: given(body.role),
+        password: given(body.password),
+        ..body
+    };
     ssr::fail(
         async {
             let caller = ssr::caller()?;

@@ -14,6 +14,9 @@ pub enum LedgerError {
     /// The idempotency key was used before with a different request.
     #[error("idempotency key reused for a different request")]
     KeyReused,
+    /// A reservation does not fit in what the user has left.
+    #[error("token limit reached: {remaining} tokens remaining")]
+    LimitReached { remaining: u64 },
     /// Adding the tokens would overflow the user's 64-bit counters.
     #[error("counter would overflow")]
     CounterOverflow,
@@ -33,6 +36,16 @@ pub struct Recorded {
     /// True when the idempotency key had been recorded before: nothing new was written and this
     /// is the first result again.
     pub replayed: bool,
+}
+
+/// Tokens held for a model call in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub reservation_id: String,
+    pub tokens: u64,
+    pub expires_at: DateTime<Utc>,
+    /// The user right after the hold was taken.
+    pub user: UserUsage,
 }
 
 /// The append-only usage ledger and the user counters it keeps exact.
@@ -57,6 +70,28 @@ pub trait Ledger: Send + Sync + 'static {
     /// Appends one event and updates the user's counters in the same transaction; a repeated
     /// idempotency key returns the first result and writes nothing.
     async fn record_usage(&self, usage: RecordUsage) -> Result<Recorded, LedgerError>;
+    /// Holds `tokens` for a call, only if `used + reserved + tokens <= limit` (one atomic
+    /// statement); otherwise `LimitReached` with what remains, and nothing changes.
+    async fn reserve(
+        &self,
+        user_id: &UserId,
+        tokens: u64,
+        reservation_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Reserved, LedgerError>;
+    /// Records what the call consumed as one event and gives back its hold, in one transaction;
+    /// settling again answers the first result.
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        usage: RecordUsage,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, LedgerError>;
+    /// Gives a hold back unused; false when there was none (settled, released or expired).
+    async fn release(&self, reservation_id: &str) -> Result<bool, LedgerError>;
+    /// Releases every hold that expired by `now`; answers how many.
+    async fn release_expired(&self, now: DateTime<Utc>) -> Result<u64, LedgerError>;
     /// Whether the database answers.
     async fn ping(&self) -> bool;
 }

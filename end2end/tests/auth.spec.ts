@@ -30,6 +30,10 @@ test("a user who types the admin address gets a clear 'not allowed' page", async
   expect(other?.status()).toBe(403);
   await expect(page.getByRole("alert")).toContainText("Not allowed");
   await expect(page.getByText("Ben Okafor")).toHaveCount(0);
+  const limits = await page.goto("/limits");
+  expect(limits?.status()).toBe(403);
+  await expect(page.getByRole("alert")).toContainText("Not allowed");
+  await expect(page.getByLabel("New limit (tokens)")).toHaveCount(0);
 });
 
 test("an admin logs in and lands on the user list, then opens a user", async ({ page }) => {

@@ -182,6 +182,30 @@ test("the limit form works with the keyboard alone", async ({ page, request }) =
   await expect(page.getByLabel("New limit (tokens)")).toBeFocused();
 });
 
+test("an admin adds a user, who then logs in with the password shown once", async ({ page, browser }) => {
+  await logIn(page, ADMIN.userId, ADMIN.password);
+  await expect(page.locator("main")).toHaveAttribute("data-hydrated", "true");
+  const userId = freshUserId();
+  await page.getByText("Add a user").click();
+  await page.getByLabel("User id").fill(userId);
+  await page.getByLabel("Display name (optional)").fill("Added In The Browser");
+  await page.getByLabel("Token limit").fill("5000");
+  await page.getByRole("button", { name: "Add user" }).click();
+  await expect(page.getByRole("status").filter({ hasText: `Added ${userId}.` })).toBeVisible();
+  const password = ((await page.getByTestId("initial-password").textContent()) ?? "").trim();
+  expect(password).toHaveLength(20);
+  // A second try with the same id is refused in words.
+  await page.getByRole("button", { name: "Add user" }).click();
+  await expect(page.getByRole("alert")).toContainText("already exists");
+
+  const other = await browser.newContext();
+  const theirPage = await other.newPage();
+  await logIn(theirPage, userId, password);
+  await expect(theirPage.getByRole("heading", { name: "Added In The Browser" })).toBeVisible();
+  await expect(theirPage.getByTestId("token-limit")).toHaveText("5,000");
+  await other.close();
+});
+
 const PAGES = [
   { name: "login", path: "/login", as: null },
   { name: "my-usage", path: "/", as: DEMO_USER },

@@ -94,6 +94,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if args.seed_demo {
         report_seed(demo::seed_demo(&ledger).await?);
     }
+    tokio::spawn(release_expired_reservations(ledger.clone()));
     let app = build_app(
         services,
         WebConfig {
@@ -115,6 +116,21 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     .with_graceful_shutdown(shutdown_signal())
     .await?;
     Ok(())
+}
+
+/// The expiry job: every 30 s, holds of calls that never ended (a crashed server, a lost
+/// connection) are given back.
+async fn release_expired_reservations(ledger: std::sync::Arc<tokenmeter_server::store::SqlLedger>) {
+    use app::ports::Ledger;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        match ledger.release_expired(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "expired reservations released"),
+            Err(e) => tracing::warn!(%e, "could not release expired reservations"),
+        }
+    }
 }
 
 async fn create_admin(args: CreateAdminArgs) -> Result<(), BoxError> {
@@ -167,6 +183,9 @@ async fn audit(args: DbArgs) -> Result<(), BoxError> {
     );
     for (user, counter, events) in &audit.mismatches {
         println!("MISMATCH {user}: counter {counter}, events {events}");
+    }
+    for (user, counter, held) in &audit.reservation_mismatches {
+        println!("MISMATCH {user}: reserved {counter}, reservations {held}");
     }
     if audit.is_exact() {
         println!("exact: every counter equals the sum of its events");

@@ -474,6 +474,18 @@ async fn sessions(db: common::TestDb) {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     w.login("bob", "reset-by-admin").await;
+    let (status, answer) = w
+        .call(
+            &w.admin,
+            "PUT",
+            "/api/users/nobody/password",
+            Some(json!({"newPassword": "reset-by-admin"})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("user_not_found"))
+    );
     // A key cannot change its owner's password (a leaked key must not take over the account).
     let (_, key) = w
         .call(

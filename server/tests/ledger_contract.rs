@@ -358,3 +358,195 @@ async fn cancelled_callers_postgres() {
     let db = common::postgres().await;
     cancelled_callers(common::ledger(&db).await).await;
 }
+
+fn model_call(user: &str, tokens: i64, reservation: &str) -> RecordUsage {
+    RecordUsage::new(
+        uid(user),
+        tokens,
+        Some(tokens / 2),
+        Some(tokens - tokens / 2),
+        Some(ModelName::parse("demo-echo").expect("model")),
+        UsageSource::ModelCall,
+        IdempotencyKey::parse(&format!("call-{reservation}")).expect("key"),
+    )
+    .expect("valid report")
+}
+
+/// Holds for model calls: exact accounting, settling once, releasing, expiry.
+async fn reservations(ledger: Arc<SqlLedger>) {
+    let now = Utc::now();
+    let later = now + chrono::Duration::minutes(5);
+    ledger
+        .create_user(new_user("res", 1_000), now)
+        .await
+        .expect("create");
+
+    // A hold shows as reserved and counts against what remains.
+    let held = ledger
+        .reserve(&uid("res"), 600, "r1", now, later)
+        .await
+        .expect("reserve");
+    assert_eq!(
+        (held.user.tokens_reserved, held.user.remaining()),
+        (600, 400)
+    );
+    match ledger.reserve(&uid("res"), 401, "r2", now, later).await {
+        Err(LedgerError::LimitReached { remaining }) => assert_eq!(remaining, 400),
+        other => panic!("expected LimitReached, got {other:?}"),
+    }
+    assert!(matches!(
+        ledger.reserve(&uid("nobody"), 1, "r3", now, later).await,
+        Err(LedgerError::UserNotFound)
+    ));
+
+    // Settling records the real consumption and gives back the rest, once.
+    let first = ledger
+        .settle("r1", model_call("res", 250, "r1"), now)
+        .await
+        .expect("settle");
+    assert_eq!(
+        (first.user.tokens_used, first.user.tokens_reserved),
+        (250, 0)
+    );
+    assert!(!first.replayed);
+    let again = ledger
+        .settle("r1", model_call("res", 250, "r1"), now)
+        .await
+        .expect("retry");
+    assert!(again.replayed);
+    assert_eq!(again.event_id, first.event_id);
+    let user = ledger
+        .get_user(&uid("res"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (user.tokens_used, user.tokens_reserved, user.lifetime_tokens),
+        (250, 0, 250)
+    );
+
+    // Releasing gives a hold back unused; twice is harmless.
+    ledger
+        .reserve(&uid("res"), 700, "r4", now, later)
+        .await
+        .expect("reserve");
+    assert!(ledger.release("r4").await.expect("release"));
+    assert!(!ledger.release("r4").await.expect("release again"));
+    let user = ledger
+        .get_user(&uid("res"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!((user.tokens_used, user.tokens_reserved), (250, 0));
+
+    // A hold left behind by a dead call expires; its call may still settle what it consumed.
+    let soon = now + chrono::Duration::seconds(1);
+    ledger
+        .reserve(&uid("res"), 300, "r5", now, soon)
+        .await
+        .expect("reserve");
+    ledger
+        .reserve(&uid("res"), 100, "r6", now, later)
+        .await
+        .expect("reserve");
+    assert_eq!(ledger.release_expired(soon).await.expect("expire"), 1);
+    let user = ledger
+        .get_user(&uid("res"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(user.tokens_reserved, 100);
+    let late = ledger
+        .settle("r5", model_call("res", 120, "r5"), soon)
+        .await
+        .expect("late settle");
+    assert_eq!(
+        (late.user.tokens_used, late.user.tokens_reserved),
+        (370, 100)
+    );
+    ledger.release("r6").await.expect("release");
+    let audit = ledger.audit().await.expect("audit");
+    assert!(audit.is_exact(), "{audit:?}");
+}
+
+/// The promise: a user with room for exactly 10 calls fires 50 at once; at most 10 get a hold,
+/// usage never passes the limit, and nothing is left reserved afterwards.
+async fn no_overspend(ledger: Arc<SqlLedger>) {
+    let now = Utc::now();
+    let later = now + chrono::Duration::minutes(5);
+    ledger
+        .create_user(new_user("tight", 1_000), now)
+        .await
+        .expect("create");
+    let mut calls = Vec::new();
+    for c in 0..50 {
+        let ledger = ledger.clone();
+        calls.push(tokio::spawn(async move {
+            let id = format!("call{c}");
+            match ledger
+                .reserve(&uid("tight"), 100, &id, Utc::now(), later)
+                .await
+            {
+                Ok(held) => {
+                    assert!(held.user.tokens_used + held.user.tokens_reserved <= 1_000);
+                    // Each call uses its whole hold, so no room ever comes back.
+                    let used = 100;
+                    let done = ledger
+                        .settle(&id, model_call("tight", used, &id), Utc::now())
+                        .await
+                        .expect("settle");
+                    assert!(done.user.tokens_used <= 1_000);
+                    Some(used as u64)
+                }
+                Err(LedgerError::LimitReached { remaining }) => {
+                    assert!(remaining < 100);
+                    None
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }));
+    }
+    let mut reached = 0;
+    let mut spent = 0;
+    for call in calls {
+        if let Some(used) = call.await.expect("call") {
+            reached += 1;
+            spent += used;
+        }
+    }
+    assert_eq!(reached, 10, "room for exactly 10 calls of 100");
+    let user = ledger
+        .get_user(&uid("tight"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(user.tokens_used, spent);
+    assert!(user.tokens_used <= 1_000, "overspent: {}", user.tokens_used);
+    assert_eq!(user.tokens_reserved, 0, "nothing left reserved");
+    let audit = ledger.audit().await.expect("audit");
+    assert!(audit.is_exact(), "{audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_sqlite() {
+    let db = common::sqlite();
+    reservations(common::ledger(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_postgres() {
+    let db = common::postgres().await;
+    reservations(common::ledger(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overspend_sqlite() {
+    let db = common::sqlite();
+    no_overspend(common::ledger(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overspend_postgres() {
+    let db = common::postgres().await;
+    no_overspend(common::ledger(&db).await).await;
+}

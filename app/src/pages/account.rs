@@ -20,7 +20,7 @@ pub fn AccountPage() -> impl IntoView {
                     match session.me.await {
                         Ok(Some(me)) => view! {
                             <p>"Signed in as " <strong>{me.display_name.clone()}</strong> " (" <code>{me.user_id.clone()}</code> ", " {me.role.as_str()} ")."</p>
-                            <ApiKeys user_id=me.user_id />
+                            <ApiKeys user_id=me.user_id can_grant_scopes=me.role == domain::Role::Admin />
                             <ChangePasswordForm />
                         }.into_any(),
                         Ok(None) => view! { <p>"You are not logged in. " <a href="/login?next=/account">"Log in"</a></p> }.into_any(),
@@ -32,8 +32,9 @@ pub fn AccountPage() -> impl IntoView {
     }
 }
 
+/// A user's API keys: list, create (shown once), revoke. Admins also see the recording scope.
 #[component]
-fn ApiKeys(user_id: String) -> impl IntoView {
+pub fn ApiKeys(user_id: String, #[prop(optional)] can_grant_scopes: bool) -> impl IntoView {
     let create = ServerAction::<CreateApiKey>::new();
     let revoke = ServerAction::<RevokeApiKey>::new();
     let keys = {
@@ -54,6 +55,12 @@ fn ApiKeys(user_id: String) -> impl IntoView {
                 <label for="key-name">"Key name"</label>
                 <input id="key-name" name="name" type="text" placeholder="e.g. laptop script" maxlength="64" required />
                 <button type="submit">"Create key"</button>
+                {can_grant_scopes.then(|| view! {
+                    <label class="checkbox">
+                        <input type="checkbox" name="scopes[0]" value="usage:record" />
+                        " May report usage for every user (usage:record, for backends)"
+                    </label>
+                })}
             </ActionForm>
             {move || created().map(|result| match result {
                 Ok(new_key) => view! {

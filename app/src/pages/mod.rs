@@ -5,7 +5,7 @@ mod login;
 mod not_found;
 mod users;
 
-pub use account::AccountPage;
+pub use account::{AccountPage, ApiKeys};
 pub use dashboard::{DashboardPage, MyDashboardPage};
 pub use limits::LimitManagerPage;
 pub use login::LoginPage;

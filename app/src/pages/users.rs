@@ -1,13 +1,15 @@
 use domain::api::{UserPageView, UserView};
 use domain::{SortDirection, UserQuery, UserSortKey};
+use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::NavigateOptions;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
-use crate::api::list_users_page;
+use crate::api::{CreateUser, list_users_page};
 use crate::components::{ErrorNotice, UsageCard};
 use crate::format::{percent, thousands, utc};
+use crate::pages::ApiKeys;
 use crate::retry::with_retry;
 
 /// The columns of the list: label, sort key, and whether the values are numbers.
@@ -113,9 +115,10 @@ pub fn UserListPage() -> impl IntoView {
             selected: p.get("user"),
         }
     });
+    let create = ServerAction::<CreateUser>::new();
     let users = Resource::new(
-        move || state.get().query,
-        |query| async move { with_retry(|| list_users_page(query.clone())).await },
+        move || (state.get().query, create.version().get()),
+        |(query, _)| async move { with_retry(|| list_users_page(query.clone())).await },
     );
     let navigate = use_navigate();
     let go = move |next: ListState| {
@@ -133,6 +136,7 @@ pub fn UserListPage() -> impl IntoView {
         <Title text="Users" />
         <section class="page">
             <h1>"Users"</h1>
+            <CreateUserForm create />
             <div class="toolbar">
                 <label for="user-filter">"Filter"</label>
                 <input
@@ -153,6 +157,7 @@ pub fn UserListPage() -> impl IntoView {
                 />
             </div>
             <div class="list-layout">
+                <div class="list-main">
                 <Transition fallback=|| view! { <p class="loading" role="status">"Loading users…"</p> }>
                     {
                         let go = go.clone();
@@ -167,6 +172,7 @@ pub fn UserListPage() -> impl IntoView {
                         }
                     }
                 </Transition>
+                </div>
                 {move || state.get().selected.map(|id| view! { <UserDetails user_id=id /> })}
             </div>
         </section>
@@ -319,6 +325,7 @@ fn UserDetails(user_id: String) -> impl IntoView {
                                     <a class="button" href=format!("/limits?user={id}")>"Change limit"</a>
                                     <a class="button secondary" href=format!("/users/{id}")>"Open usage"</a>
                                 </div>
+                                <ApiKeys user_id=id can_grant_scopes=true />
                             }.into_any()
                         }
                         Err(error) => view! { <ErrorNotice error /> }.into_any(),
@@ -326,5 +333,43 @@ fn UserDetails(user_id: String) -> impl IntoView {
                 })}
             </Transition>
         </aside>
+    }
+}
+
+/// Adding a user: id, name, limit, role and, optionally, a first password (otherwise one is made
+/// up and shown here once).
+#[component]
+fn CreateUserForm(create: ServerAction<CreateUser>) -> impl IntoView {
+    view! {
+        <details class="card create-user">
+            <summary>"Add a user"</summary>
+            <ActionForm action=create attr:class="form">
+                <label for="new-user-id">"User id"</label>
+                <input id="new-user-id" name="body[userId]" type="text" required maxlength="64" placeholder="e.g. jo.smith" />
+                <label for="new-user-name">"Display name (optional)"</label>
+                <input id="new-user-name" name="body[displayName]" type="text" maxlength="100" />
+                <label for="new-user-limit">"Token limit"</label>
+                <input id="new-user-limit" name="body[tokenLimit]" type="number" min="1" step="1" required placeholder="e.g. 250000" />
+                <label for="new-user-role">"Role"</label>
+                <select id="new-user-role" name="body[role]">
+                    <option value="user" selected>"user: sees only their own usage"</option>
+                    <option value="admin">"admin: manages everyone"</option>
+                </select>
+                <label for="new-user-password">"First password (optional, at least 8 characters)"</label>
+                <input id="new-user-password" name="body[password]" type="password" autocomplete="new-password" />
+                <button type="submit" disabled=move || create.pending().get()>"Add user"</button>
+            </ActionForm>
+            {move || create.value().get().map(|result| match result {
+                Ok(created) => view! {
+                    <div class="alert alert-success" role="status">
+                        <strong>{format!("Added {}.", created.user.user_id)}</strong>
+                        {created.initial_password.map(|p| view! {
+                            <p>"Their first password (shown once; give it to them): " <code class="secret" data-testid="initial-password">{p}</code></p>
+                        })}
+                    </div>
+                }.into_any(),
+                Err(error) => view! { <ErrorNotice error /> }.into_any(),
+            })}
+        </details>
     }
 }

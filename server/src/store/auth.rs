@@ -342,18 +342,13 @@ async fn set_password_tx(
     now: DateTime<Utc>,
 ) -> Result<(), LedgerError> {
     let mut tx = pool.begin().await.map_err(ledger_error)?;
-    let exists = sqlx::query("SELECT 1 FROM account WHERE account_id = $1")
-        .bind(user_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(ledger_error)?;
-    if exists.is_none() {
-        return Err(LedgerError::UserNotFound);
-    }
-    sqlx::query(
-        "INSERT INTO credential (account_id, password_hash, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (account_id) DO UPDATE SET password_hash = excluded.password_hash, \
-             updated_at = excluded.updated_at",
+    // Writes first, no read before them: on SQLite a transaction that reads and then writes can
+    // fail to become the writer if someone else commits in between.
+    let written = sqlx::query(
+        "INSERT INTO credential (account_id, password_hash, updated_at) \
+         SELECT account_id, $2, $3 FROM account WHERE account_id = $1 \
+         ON CONFLICT (account_id) DO UPDATE SET password_hash = excluded.password_hash, \
+         updated_at = excluded.updated_at",
     )
     .bind(user_id.as_str())
     .bind(password_hash)
@@ -361,6 +356,9 @@ async fn set_password_tx(
     .execute(&mut *tx)
     .await
     .map_err(ledger_error)?;
+    if written.rows_affected() == 0 {
+        return Err(LedgerError::UserNotFound);
+    }
     // A new password ends every session: whoever knew the old one is out.
     sqlx::query("DELETE FROM session WHERE account_id = $1")
         .bind(user_id.as_str())

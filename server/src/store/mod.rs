@@ -6,13 +6,14 @@
 
 mod accounts;
 mod auth;
+mod reservations;
 mod usage;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::ports::{Ledger, LedgerError, Recorded};
+use app::ports::{Ledger, LedgerError, Recorded, Reserved};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{NewUser, RecordUsage, TokenLimit, UserId, UserUsage};
@@ -201,9 +202,12 @@ impl SqlLedger {
         &self.db
     }
 
-    /// Checks every account's counter against the sum of its events.
+    /// Checks every account's counters: lifetime tokens against the sum of its events, tokens
+    /// reserved against the sum of its reservations.
     pub async fn audit(&self) -> Result<LedgerAudit, LedgerError> {
-        usage::audit(&self.db).await
+        let mut audit = usage::audit(&self.db).await?;
+        audit.reservation_mismatches = reservations::audit(&self.db).await?;
+        Ok(audit)
     }
 
     /// Records reports that happened at the given times (seeding, imports), with the same
@@ -247,6 +251,42 @@ impl Ledger for SqlLedger {
 
     async fn record_usage(&self, usage: RecordUsage) -> Result<Recorded, LedgerError> {
         self.writer.record(usage).await
+    }
+
+    async fn reserve(
+        &self,
+        user_id: &UserId,
+        tokens: u64,
+        reservation_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Reserved, LedgerError> {
+        reservations::reserve(
+            &self.db,
+            user_id,
+            tokens,
+            reservation_id,
+            micros(now),
+            micros(expires_at),
+        )
+        .await
+    }
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        usage: RecordUsage,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, LedgerError> {
+        reservations::settle(&self.db, reservation_id, usage, micros(now)).await
+    }
+
+    async fn release(&self, reservation_id: &str) -> Result<bool, LedgerError> {
+        reservations::release(&self.db, reservation_id).await
+    }
+
+    async fn release_expired(&self, now: DateTime<Utc>) -> Result<u64, LedgerError> {
+        reservations::release_expired(&self.db, micros(now)).await
     }
 
     async fn ping(&self) -> bool {

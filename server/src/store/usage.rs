@@ -557,11 +557,15 @@ pub struct LedgerAudit {
     pub lifetime_tokens: i64,
     /// Accounts whose counter differs from their events: (account, counter, sum of events).
     pub mismatches: Vec<(String, i64, i64)>,
+    /// Accounts whose reserved tokens differ from their reservations: (account, counter, sum).
+    pub reservation_mismatches: Vec<(String, i64, i64)>,
 }
 
 impl LedgerAudit {
     pub fn is_exact(&self) -> bool {
-        self.mismatches.is_empty() && self.event_tokens == self.lifetime_tokens
+        self.mismatches.is_empty()
+            && self.reservation_mismatches.is_empty()
+            && self.event_tokens == self.lifetime_tokens
     }
 }
 
@@ -584,6 +588,7 @@ pub(super) async fn audit(db: &Db) -> Result<LedgerAudit, LedgerError> {
         event_tokens: 0,
         lifetime_tokens: 0,
         mismatches: Vec::new(),
+        reservation_mismatches: Vec::new(),
     };
     for row in rows {
         let account: String = row.try_get("account_id").map_err(ledger_error)?;
