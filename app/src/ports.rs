@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{NewUser, RecordUsage, Role, Scope, TokenLimit, UserId, UserUsage};
+use domain::{
+    NewUser, PageInfo, RecordUsage, Role, Scope, TokenLimit, UserId, UserQuery, UserUsage,
+};
 
 /// Why a ledger operation failed. Store-level: no HTTP, no wording for people.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,6 +63,12 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<UserUsage, LedgerError>;
     async fn get_user(&self, user_id: &UserId) -> Result<Option<UserUsage>, LedgerError>;
     async fn list_users(&self) -> Result<Vec<UserUsage>, LedgerError>;
+    /// One page of users, filtered and sorted as `domain::query_users` does, read without
+    /// loading the others.
+    async fn list_users_page(
+        &self,
+        query: &UserQuery,
+    ) -> Result<(Vec<UserUsage>, PageInfo), LedgerError>;
     async fn set_limit(
         &self,
         user_id: &UserId,

@@ -50,5 +50,5 @@ wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = "Bearer $key"
 LUA
 echo "### POST /rpc/list_users_page, $USERS users, sort by usage, filter, page 3 of 25"
-wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$dir/list.lua" "http://127.0.0.1:$port/rpc/list_users_page" \
+wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$dir/list.lua" "http://127.0.0.1:$port/rpc/list_users_page" \
   | grep -E 'Requests/sec|Latency|50%|90%|99%|Non-2xx'

@@ -13,7 +13,7 @@ use domain::api::{
 };
 use domain::{
     Action, Caller, Denied, IdempotencyKey, SortDirection, UsageSource, UserId, UserQuery,
-    UserSortKey, authorize, query_users, sort_users,
+    UserSortKey, authorize, sort_users,
 };
 
 use crate::credentials;
@@ -150,8 +150,7 @@ impl Services {
     ) -> Result<UserPageView, AppError> {
         allow(caller, Action::ListUsers)?;
         query.validate()?;
-        let users = self.ledger.list_users().await?;
-        let (page, info) = query_users(users, query);
+        let (page, info) = self.ledger.list_users_page(query).await?;
         Ok(UserPageView {
             users: page.iter().map(UserView::from).collect(),
             page: info,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use app::ports::{Ledger, LedgerError, Recorded, Reserved};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{NewUser, RecordUsage, TokenLimit, UserId, UserUsage};
+use domain::{NewUser, PageInfo, RecordUsage, TokenLimit, UserId, UserQuery, UserUsage};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
@@ -238,6 +238,13 @@ impl Ledger for SqlLedger {
 
     async fn list_users(&self) -> Result<Vec<UserUsage>, LedgerError> {
         accounts::list(&self.db).await
+    }
+
+    async fn list_users_page(
+        &self,
+        query: &UserQuery,
+    ) -> Result<(Vec<UserUsage>, PageInfo), LedgerError> {
+        accounts::page(&self.db, query).await
     }
 
     async fn set_limit(
