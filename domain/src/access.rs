@@ -240,16 +240,21 @@ pub fn login_path_for(wanted: &str) -> String {
     if wanted == "/" || safe_next_path(wanted).is_none() {
         return "/login".to_owned();
     }
-    let encoded: String = wanted
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+    format!("/login?next={}", percent_encode(wanted, "/"))
+}
+
+/// Percent-encodes text for a URL: unreserved characters (`A-Z a-z 0-9 - _ . ~`) and those in
+/// `keep` stay as they are, every other byte becomes `%XX`.
+pub fn percent_encode(raw: &str, keep: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || keep.as_bytes().contains(&b) {
                 (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
             }
-            _ => format!("%{b:02X}"),
         })
-        .collect();
-    format!("/login?next={encoded}")
+        .collect()
 }
 
 /// How many failed logins are tolerated before further attempts are refused for a while.

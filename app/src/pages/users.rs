@@ -1,3 +1,4 @@
+use domain::access::percent_encode;
 use domain::api::{UserPageView, UserView};
 use domain::{SortDirection, UserQuery, UserSortKey};
 use leptos::form::ActionForm;
@@ -62,27 +63,16 @@ impl ListState {
             ),
         ];
         if !q.filter.is_empty() {
-            parts.push(format!("q={}", encode(&q.filter)));
+            parts.push(format!("q={}", percent_encode(&q.filter, "")));
         }
         if q.page > 1 {
             parts.push(format!("page={}", q.page));
         }
         if let Some(user) = &self.selected {
-            parts.push(format!("user={}", encode(user)));
+            parts.push(format!("user={}", percent_encode(user, "")));
         }
         format!("/users?{}", parts.join("&"))
     }
-}
-
-fn encode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Admins' list of every user: sortable by each column in both directions, filtered by text,
