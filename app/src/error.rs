@@ -25,6 +25,10 @@ pub enum ErrorKind {
     LimitReached,
     Unavailable,
     Internal,
+    /// A model provider failed or answered nonsense: 502.
+    BadGateway,
+    /// A model provider did not answer in time: 504.
+    GatewayTimeout,
 }
 
 impl ErrorKind {
@@ -41,6 +45,8 @@ impl ErrorKind {
             Self::LimitReached => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
+            Self::BadGateway => 502,
+            Self::GatewayTimeout => 504,
         }
     }
 }

@@ -209,3 +209,82 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<(), LedgerError>;
     async fn clear_login_failures(&self, subject: &str) -> Result<(), LedgerError>;
 }
+
+/// What a model provider is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRequest {
+    pub model: domain::ModelName,
+    pub messages: Vec<domain::ChatMessage>,
+    /// The answer must not be longer (the provider's `max_tokens`).
+    pub max_output: u64,
+    /// Stream the answer from the provider (otherwise it comes in one piece).
+    pub stream: bool,
+}
+
+/// What a provider's answer is made of, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// More of the reply.
+    Text(String),
+    /// One complete step's usage as the provider reported it; a multi-step (tool-call) exchange
+    /// reports one per step, and the call's usage is their sum.
+    Usage(domain::CallUsage),
+    /// The provider finished, and why.
+    Finished(domain::FinishReason),
+}
+
+/// Why a provider call failed. None of these carry a provider key or a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider refused the configured credentials (401/403).
+    #[error("the provider refused the credentials: {0}")]
+    Unauthorized(String),
+    /// The provider asked us to slow down (429).
+    #[error("the provider is rate limiting: {0}")]
+    RateLimited(String),
+    /// The provider refused this request (another 4xx, e.g. a prompt too long for the model).
+    #[error("the provider refused the request: {0}")]
+    Refused(String),
+    /// The provider failed or could not be reached (5xx, connection refused or reset).
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider did not answer in time.
+    #[error("the provider did not answer in time")]
+    Timeout,
+    /// The provider answered something that is not its protocol.
+    #[error("the provider's answer could not be read: {0}")]
+    BadResponse(String),
+}
+
+pub type ProviderStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ProviderEvent, ProviderError>> + Send + 'static>,
+>;
+
+/// A model provider: demo, OpenAI-compatible, Anthropic, Bedrock.
+///
+/// `start` returns once the provider accepted the request (an error here means nothing was
+/// consumed); the stream then yields the answer. Dropping the stream cancels the call.
+#[async_trait]
+pub trait ModelProvider: Send + Sync + 'static {
+    /// The provider's name as shown to people and stored (`demo`, `openai`, ...).
+    fn name(&self) -> &str;
+    /// Whether the provider bills exactly what [`Tokenizer`] counts (true only for the demo).
+    fn counts_exactly(&self) -> bool;
+    async fn start(&self, request: ProviderRequest) -> Result<ProviderStream, ProviderError>;
+}
+
+/// Counts tokens the way a BPE tokenizer does, for estimates before a call and for calls cut
+/// short before the provider reported usage.
+pub trait Tokenizer: Send + Sync + 'static {
+    fn count(&self, text: &str) -> u64;
+
+    /// A conversation's prompt tokens, with the framing chat models add: 3 per message plus
+    /// the role, and 3 to prime the reply (OpenAI's published accounting).
+    fn count_conversation(&self, messages: &[domain::ChatMessage]) -> u64 {
+        messages
+            .iter()
+            .map(|m| 3 + self.count(m.role.as_str()) + self.count(&m.content))
+            .sum::<u64>()
+            + 3
+    }
+}

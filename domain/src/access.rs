@@ -147,6 +147,8 @@ pub enum Action<'a> {
     ResetPassword(&'a UserId),
     /// Change one's own password, knowing the current one.
     ChangeOwnPassword(&'a UserId),
+    /// Call a model on a user's budget: one's own, or anyone's for an admin.
+    InvokeModel(&'a UserId),
 }
 
 /// Why an action was refused.
@@ -180,7 +182,9 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Denied> {
         | Action::ResetPassword(_) => Err(Denied::AdminOnly),
         Action::RecordUsage(_) if caller.has_scope(Scope::UsageRecord) => Ok(()),
         Action::RecordUsage(_) => Err(Denied::AdminOnly),
-        Action::ReadUser(target) | Action::ManageKeys(target) => own(target),
+        Action::ReadUser(target) | Action::ManageKeys(target) | Action::InvokeModel(target) => {
+            own(target)
+        }
         Action::ChangeOwnPassword(target) => match caller.credential {
             Credential::Session => own(target),
             // A leaked key must not be enough to take over the account.

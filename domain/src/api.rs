@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Role, Scope, validate_key_name, validate_password};
+use crate::chat::{ChatMessage, FinishReason};
 use crate::math::{UsageLevel, percentage_from_bps};
+use crate::pricing::{CallUsage, picos_to_micros};
 use crate::{
     DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, TokenLimit, UsageSource, UserId,
     UserUsage, ValidationError,
@@ -24,6 +26,9 @@ pub struct UserView {
     pub token_usage: u64,
     pub tokens_reserved: u64,
     pub lifetime_tokens: u64,
+    /// Everything this user's calls have cost, rounded to micro-dollars; `lifetimeCostPicos` is exact.
+    pub lifetime_cost_micros: u64,
+    pub lifetime_cost_picos: u64,
     pub remaining_tokens: u64,
     /// Percent of the limit used, two decimals, rounded down; may exceed 100.
     pub percentage_used: f64,
@@ -44,6 +49,8 @@ impl From<&UserUsage> for UserView {
             token_usage: u.tokens_used,
             tokens_reserved: u.tokens_reserved,
             lifetime_tokens: u.lifetime_tokens,
+            lifetime_cost_micros: picos_to_micros(u.lifetime_cost_picos),
+            lifetime_cost_picos: u.lifetime_cost_picos,
             remaining_tokens: u.remaining(),
             percentage_used: percentage_from_bps(bps),
             used_basis_points: bps,
@@ -259,4 +266,108 @@ pub struct DemoLoginView {
 pub struct UserPageView {
     pub users: Vec<UserView>,
     pub page: crate::PageInfo,
+}
+
+/// A call's tokens and cost, as answered to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallUsageView {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub total_tokens: u64,
+    /// The cost rounded to micro-dollars (halves up); `costPicos` is exact.
+    pub cost_micros: u64,
+    pub cost_picos: u64,
+}
+
+impl CallUsageView {
+    pub fn new(usage: &CallUsage, cost_picos: u64) -> Self {
+        Self {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            total_tokens: usage.total(),
+            cost_micros: picos_to_micros(cost_picos),
+            cost_picos,
+        }
+    }
+}
+
+/// The answer to a model call (`POST /api/invoke`, and the `done` event of its stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeView {
+    pub reply: String,
+    pub model: String,
+    pub provider: String,
+    pub finish_reason: FinishReason,
+    pub usage: CallUsageView,
+    /// From sending the request to the last token, in milliseconds.
+    pub latency_ms: u64,
+    pub remaining_tokens: u64,
+    /// The user right after the call was settled.
+    pub user: UserView,
+    /// The ledger event that recorded the call (none when it consumed nothing).
+    pub event_id: Option<i64>,
+}
+
+/// The first event of a streamed call: what it holds while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeStartView {
+    pub model: String,
+    pub provider: String,
+    pub reserved_tokens: u64,
+    pub max_output_tokens: u64,
+}
+
+/// A piece of a streamed reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaView {
+    pub text: String,
+}
+
+/// A model callers may choose, with its price in dollars per million tokens (as text, exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelView {
+    pub model: String,
+    pub provider: String,
+    /// Shown to people, e.g. "Demo model (offline, not a real LLM)".
+    pub label: String,
+    pub default: bool,
+    pub max_output_tokens: u64,
+    pub input_usd_per_million: Option<String>,
+    pub output_usd_per_million: Option<String>,
+}
+
+/// `POST /api/estimate`: what a prompt would cost before it is sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EstimateBody {
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+}
+
+/// A prompt's estimated tokens and the most the call could cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EstimateView {
+    pub model: String,
+    pub input_tokens: u64,
+    pub max_output_tokens: u64,
+    /// Prompt plus the longest answer, at the model's price (exact picos, and rounded micros).
+    pub max_cost_picos: u64,
+    pub max_cost_micros: u64,
 }

@@ -5,17 +5,25 @@
 
 pub mod access;
 pub mod api;
+pub mod chat;
 pub mod error;
 pub mod listing;
 pub mod math;
+pub mod pricing;
 pub mod sort;
+pub mod sse;
 pub mod usage;
 pub mod user;
 
 pub use access::{Action, Caller, Credential, Denied, Role, Scope, authorize};
+pub use chat::{
+    CallPlan, ChatMessage, ChatRole, Conversation, FinishReason, InvokeBody, InvokeRequest, NoRoom,
+    input_allowance, plan_call,
+};
 pub use error::ValidationError;
 pub use listing::{PageInfo, UserQuery, matches_filter, page_bounds, query_users};
 pub use math::{UsageLevel, remaining_tokens, used_basis_points};
+pub use pricing::{CallUsage, ModelPrice, PriceConfig, PriceTable, format_usd, picos_to_micros};
 pub use sort::{SortDirection, UserSortKey, sort_users};
 pub use usage::{IdempotencyKey, ModelName, RecordUsage, TokenAmount, UsageSource};
 pub use user::{DisplayName, NewUser, TokenLimit, UserId, UserUsage};

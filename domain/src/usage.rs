@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use crate::pricing::CallUsage;
 use crate::{UserId, ValidationError};
 
 /// Tokens in one recorded use: a whole number from 1 to 10^9.
@@ -178,6 +179,13 @@ pub struct RecordUsage {
     pub model: Option<ModelName>,
     pub source: UsageSource,
     pub idempotency_key: IdempotencyKey,
+    /// Of the input: read from the provider's prompt cache, and written to it.
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Of the output: hidden reasoning.
+    pub reasoning_tokens: u64,
+    /// What the use cost, in pico-dollars (0 when the model has no price).
+    pub cost_picos: u64,
 }
 
 impl RecordUsage {
@@ -230,7 +238,51 @@ impl RecordUsage {
             model,
             source,
             idempotency_key,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            cost_picos: 0,
         })
+    }
+
+    /// A model call's use: its split, cache and reasoning counts, and its cost.
+    pub fn from_call(
+        user_id: UserId,
+        usage: &CallUsage,
+        model: ModelName,
+        cost_picos: u64,
+        idempotency_key: IdempotencyKey,
+    ) -> Result<Self, ValidationError> {
+        let usage = usage.normalized();
+        let mut record = Self::new(
+            user_id,
+            usage.total() as i64,
+            Some(usage.input_tokens as i64),
+            Some(usage.output_tokens as i64),
+            Some(model),
+            UsageSource::ModelCall,
+            idempotency_key,
+        )?;
+        record.cached_tokens = usage.cached_tokens;
+        record.cache_write_tokens = usage.cache_write_tokens;
+        record.reasoning_tokens = usage.reasoning_tokens;
+        record.cost_picos = cost_picos;
+        Ok(record)
+    }
+
+    /// The split as a call's usage, for pricing: unknown parts count as input.
+    pub fn as_call_usage(&self) -> CallUsage {
+        let total = self.tokens.get();
+        let output = self
+            .output_tokens
+            .unwrap_or(total - self.input_tokens.unwrap_or(total));
+        CallUsage {
+            input_tokens: self.tokens.get() - output,
+            output_tokens: output,
+            cached_tokens: self.cached_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+        }
     }
 
     /// Whether `other` asks for the same recording (used to detect a reused idempotency key).

@@ -207,6 +207,7 @@ impl NewUser {
             tokens_used: 0,
             tokens_reserved: 0,
             lifetime_tokens: 0,
+            lifetime_cost_picos: 0,
             updated_at: now,
         }
     }
@@ -225,6 +226,8 @@ pub struct UserUsage {
     pub tokens_used: u64,
     pub tokens_reserved: u64,
     pub lifetime_tokens: u64,
+    /// Never resets: the sum of the costs of this user's events, in pico-dollars.
+    pub lifetime_cost_picos: u64,
     pub updated_at: DateTime<Utc>,
 }
 

@@ -40,6 +40,7 @@ fn every_action(target: &UserId) -> Vec<Action<'_>> {
         Action::GrantScopes,
         Action::ResetPassword(target),
         Action::ChangeOwnPassword(target),
+        Action::InvokeModel(target),
     ]
 }
 
@@ -77,6 +78,8 @@ proptest! {
         }
         let record = authorize(&c, Action::RecordUsage(&own)).is_ok();
         prop_assert_eq!(record, c.role == Role::Admin || c.has_scope(Scope::UsageRecord));
+        // Calling a model spends one's own budget: every signed-in user may, with any credential.
+        prop_assert_eq!(authorize(&c, Action::InvokeModel(&own)), Ok(()));
     }
 
     /// A next-path accepted after login starts with one '/' and is a path on this site.

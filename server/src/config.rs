@@ -33,7 +33,7 @@ pub struct ServeArgs {
     )]
     pub cors_origins: Vec<String>,
     /// Largest accepted request body, in bytes.
-    #[arg(long, env = "TOKENMETER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "TOKENMETER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Fill an empty database with demo users and usage before serving, and show the demo
     /// logins on the login page.

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod providers;
 pub mod store;
 pub mod web;
 
@@ -29,5 +30,6 @@ pub fn services_for(ledger: Arc<SqlLedger>, settings: AuthSettings) -> Services 
         ledger: ledger.clone(),
         auth: ledger,
         settings: Arc::new(settings),
+        models: Arc::new(providers::demo_models(std::time::Duration::ZERO)),
     }
 }

@@ -90,7 +90,9 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         },
         ..AuthSettings::default()
     };
-    let (services, ledger) = open_services(&args.db.database_url, settings).await?;
+    let models = tokenmeter_server::providers::models_from_env()?;
+    let (mut services, ledger) = open_services(&args.db.database_url, settings).await?;
+    services.models = std::sync::Arc::new(models);
     if args.seed_demo {
         report_seed(demo::seed_demo(&ledger).await?);
     }
@@ -186,6 +188,9 @@ async fn audit(args: DbArgs) -> Result<(), BoxError> {
     }
     for (user, counter, held) in &audit.reservation_mismatches {
         println!("MISMATCH {user}: reserved {counter}, reservations {held}");
+    }
+    for (user, counter, events) in &audit.cost_mismatches {
+        println!("MISMATCH {user}: cost {counter} picodollars, events {events}");
     }
     if audit.is_exact() {
         println!("exact: every counter equals the sum of its events");

@@ -3,6 +3,7 @@
 //! and no entry point can forget the access check.
 
 pub mod auth;
+pub mod invoke;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::error::{AppError, ErrorKind};
 use crate::ports::{AuthStore, Ledger, LedgerError};
 
 pub use auth::{AuthSettings, Identity};
+pub use invoke::{CallEvent, ModelEntry, Models, RunningCall};
 
 /// Everything a request needs, handed to pages, server functions and REST handlers alike.
 #[derive(Clone)]
@@ -28,6 +30,7 @@ pub struct Services {
     pub ledger: Arc<dyn Ledger>,
     pub auth: Arc<dyn AuthStore>,
     pub settings: Arc<AuthSettings>,
+    pub models: Arc<invoke::Models>,
 }
 
 impl From<Denied> for AppError {

@@ -60,7 +60,7 @@ fn is_tls(headers: &HeaderMap, config: AuthLayerConfig) -> bool {
 
 /// A page a person navigates to (not the API, server functions, assets or health checks).
 fn is_page(method: &Method, path: &str) -> bool {
-    let machine = ["/api/", "/rpc/", "/pkg/"]
+    let machine = ["/api/", "/rpc/", "/pkg/", "/v1/"]
         .iter()
         .any(|prefix| path.starts_with(prefix))
         || matches!(path, "/api" | "/healthz" | "/livez");

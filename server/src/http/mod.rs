@@ -2,8 +2,10 @@
 //! input, call the same [`Services`] the server functions use, answer.
 
 pub mod auth;
+mod calls;
 mod error;
 mod extract;
+pub mod gateway;
 
 use std::collections::HashMap;
 
@@ -38,11 +40,15 @@ pub fn api_router(services: Services) -> Router {
         .route("/users/{user_id}/keys/{key_id}", delete(revoke_key))
         .route("/session", post(login).delete(logout))
         .route("/me", get(me))
+        .route("/invoke", post(calls::invoke))
+        .route("/estimate", post(calls::estimate))
+        .route("/models", get(calls::models))
         .fallback(|| async { error::not_found_route() })
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(services.clone());
     Router::new()
         .nest("/api", api)
+        .nest("/v1", gateway::router(services.clone()))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(services)

@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Db, Dialect, from_micros, ledger_error, micros};
 
 /// Maps an `account` row (account_id, display_name, token_limit, tokens_used,
-/// tokens_reserved, lifetime_tokens, updated_at) to the domain type.
+/// tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at) to the domain type.
 pub(super) fn usage_from_row(row: &AnyRow) -> Result<UserUsage, LedgerError> {
     let corrupt = |what: &str| LedgerError::Internal(format!("account row has an invalid {what}"));
     let id: String = row.try_get("account_id").map_err(ledger_error)?;
@@ -22,6 +22,7 @@ pub(super) fn usage_from_row(row: &AnyRow) -> Result<UserUsage, LedgerError> {
     let used: i64 = row.try_get("tokens_used").map_err(ledger_error)?;
     let reserved: i64 = row.try_get("tokens_reserved").map_err(ledger_error)?;
     let lifetime: i64 = row.try_get("lifetime_tokens").map_err(ledger_error)?;
+    let cost: i64 = row.try_get("lifetime_cost_picos").map_err(ledger_error)?;
     let updated: i64 = row.try_get("updated_at").map_err(ledger_error)?;
     Ok(UserUsage {
         user_id: UserId::parse(&id).map_err(|_| corrupt("id"))?,
@@ -31,6 +32,7 @@ pub(super) fn usage_from_row(row: &AnyRow) -> Result<UserUsage, LedgerError> {
         tokens_used: u64::try_from(used).map_err(|_| corrupt("usage"))?,
         tokens_reserved: u64::try_from(reserved).map_err(|_| corrupt("reservation"))?,
         lifetime_tokens: u64::try_from(lifetime).map_err(|_| corrupt("lifetime usage"))?,
+        lifetime_cost_picos: u64::try_from(cost).map_err(|_| corrupt("lifetime cost"))?,
         updated_at: from_micros(updated),
     })
 }
@@ -48,7 +50,7 @@ where
         "INSERT INTO account (account_id, display_name, token_limit, role, period_started_at, created_at, updated_at) \
          VALUES ($1, $2, $3, $5, $4, $4, $4) \
          ON CONFLICT (account_id) DO NOTHING \
-         RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+         RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at",
     )
     .bind(user.user_id.as_str())
     .bind(user.display_name.as_str())
@@ -70,7 +72,7 @@ where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     let row = sqlx::query(
-        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
+        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at \
          FROM account WHERE account_id = $1",
     )
     .bind(user_id)
@@ -82,7 +84,7 @@ where
 
 pub(super) async fn list(db: &Db) -> Result<Vec<UserUsage>, LedgerError> {
     let rows = sqlx::query(
-        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
+        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at \
          FROM account ORDER BY account_id",
     )
     .fetch_all(&db.pool)
@@ -99,7 +101,7 @@ pub(super) async fn set_limit(
 ) -> Result<UserUsage, LedgerError> {
     let row = sqlx::query(
         "UPDATE account SET token_limit = $2, updated_at = $3 WHERE account_id = $1 \
-         RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+         RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at",
     )
     .bind(user_id.as_str())
     .bind(limit.get() as i64)
@@ -171,7 +173,7 @@ pub(super) async fn page(
         SortDirection::Desc => "DESC",
     };
     let sql = format!(
-        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at \
+        "SELECT account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at \
          FROM account {filter} ORDER BY {key} {direction}, {id} ASC LIMIT {} OFFSET {}",
         range.len(),
         range.start

@@ -24,7 +24,7 @@ use sqlx::{AnyConnection, Connection, Row};
 use super::accounts::{self, usage_from_row};
 use super::{Db, Dialect, detached, from_micros, ledger_error};
 
-const ACCOUNT_COLUMNS: &str = "account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at";
+const ACCOUNT_COLUMNS: &str = "account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at";
 
 /// Starts a write transaction: on SQLite the write lock is taken up front (a deferred transaction
 /// that reads first may fail to become the writer).
@@ -150,16 +150,19 @@ pub(super) async fn settle(
             }
         }
         let consumed = usage.tokens.get() as i64;
+        let cost = i64::try_from(usage.cost_picos)
+            .map_err(|_| LedgerError::Internal("cost too large".into()))?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE account SET tokens_reserved = tokens_reserved - $2, \
                  tokens_used = tokens_used + $3, lifetime_tokens = lifetime_tokens + $3, \
-                 updated_at = $4 \
+                 updated_at = $4, lifetime_cost_picos = lifetime_cost_picos + $5 \
              WHERE account_id = $1 RETURNING {ACCOUNT_COLUMNS}"
         )))
         .bind(account)
         .bind(held.unwrap_or(0))
         .bind(consumed)
         .bind(now)
+        .bind(cost)
         .fetch_optional(&mut *tx)
         .await
         .map_err(ledger_error)?
@@ -167,8 +170,10 @@ pub(super) async fn settle(
         let user = usage_from_row(&row)?;
         let event_id: i64 = sqlx::query(
             "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
-             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING usage_event_id",
+             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
+             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             RETURNING usage_event_id",
         )
         .bind(account)
         .bind(consumed)
@@ -181,6 +186,10 @@ pub(super) async fn settle(
         .bind(user.lifetime_tokens as i64)
         .bind(user.token_limit.get() as i64)
         .bind(now)
+        .bind(usage.cached_tokens as i64)
+        .bind(usage.cache_write_tokens as i64)
+        .bind(usage.reasoning_tokens as i64)
+        .bind(cost)
         .fetch_one(&mut *tx)
         .await
         .map_err(ledger_error)?

@@ -328,34 +328,47 @@ async fn write_batch(
         // that would overflow a 64-bit counter.
         let rows_sql: Vec<String> = (0..chunk.len())
             .map(|n| {
-                let p = n * 4 + 1;
+                let p = n * 6 + 1;
                 format!(
-                    "(CAST(${p} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    "(CAST(${p} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                      CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
                     p + 1,
                     p + 2,
-                    p + 3
+                    p + 3,
+                    p + 4,
+                    p + 5
                 )
             })
             .collect();
         let sql = format!(
-            "WITH d (d_id, d_delta, d_max, d_at) AS (VALUES {}) \
+            "WITH d (d_id, d_delta, d_max, d_at, d_cost, d_cost_max) AS (VALUES {}) \
              UPDATE account SET tokens_used = tokens_used + d_delta, \
-                 lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at \
+                 lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at, \
+                 lifetime_cost_picos = lifetime_cost_picos + d_cost \
              FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
-             RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, updated_at",
+                 AND lifetime_cost_picos <= d_cost_max \
+             RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at",
             rows_sql.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        let mut deltas: HashMap<&str, i64> = HashMap::new();
+        let mut deltas: HashMap<&str, (i64, i64)> = HashMap::new();
         for (account, members) in chunk {
             let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
+            // Each cost fits an i64 (see domain::pricing); a batch's sum saturates, and the
+            // overflow guard below then refuses it.
+            let cost: i64 = members
+                .iter()
+                .map(|&i| i64::try_from(usages[i].cost_picos).unwrap_or(i64::MAX))
+                .fold(0i64, |a, c| a.saturating_add(c));
             let updated_at = members.iter().map(|&i| at[i]).max().unwrap_or_default();
-            deltas.insert(account, delta);
+            deltas.insert(account, (delta, cost));
             query = query
                 .bind(*account)
                 .bind(delta)
                 .bind(i64::MAX - delta)
-                .bind(updated_at);
+                .bind(updated_at)
+                .bind(cost)
+                .bind(i64::MAX - cost);
         }
         let mut updated: HashMap<String, UserUsage> = HashMap::new();
         for row in query.fetch_all(&mut *tx).await? {
@@ -395,16 +408,19 @@ async fn write_batch(
                 continue;
             };
             // Each report's own running totals, in the order the reports came.
-            let delta = deltas[account];
+            let (delta, cost_delta) = deltas[account];
             let mut used = after.tokens_used as i64 - delta;
             let mut lifetime = after.lifetime_tokens as i64 - delta;
+            let mut cost = after.lifetime_cost_picos as i64 - cost_delta;
             for &i in members.iter() {
                 used += usages[i].tokens.get() as i64;
                 lifetime += usages[i].tokens.get() as i64;
+                cost += usages[i].cost_picos as i64;
                 to_insert.push((i, used, lifetime, after.token_limit.get() as i64));
                 let mut user = after.clone();
                 user.tokens_used = used as u64;
                 user.lifetime_tokens = lifetime as u64;
+                user.lifetime_cost_picos = cost as u64;
                 user.updated_at = from_micros(at[i]);
                 user_after.insert(i, user);
             }
@@ -418,14 +434,15 @@ async fn write_batch(
     for chunk in to_insert.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
             "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
-             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at) VALUES ",
+             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
+             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos) VALUES ",
         );
         for (n, _) in chunk.iter().enumerate() {
             if n > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            sql.push_str(&placeholders(n * 11 + 1, 11));
+            sql.push_str(&placeholders(n * EVENT_PARAMS + 1, EVENT_PARAMS));
             sql.push(')');
         }
         sql.push_str(
@@ -446,7 +463,11 @@ async fn write_batch(
                 .bind(used_after)
                 .bind(lifetime_after)
                 .bind(limit)
-                .bind(at[i]);
+                .bind(at[i])
+                .bind(u.cached_tokens as i64)
+                .bind(u.cache_write_tokens as i64)
+                .bind(u.reasoning_tokens as i64)
+                .bind(u.cost_picos as i64);
         }
         let rows = query.fetch_all(&mut *tx).await?;
         if rows.len() != chunk.len() {
@@ -533,10 +554,14 @@ async fn write_batch(
         .collect())
 }
 
-/// Accounts per multi-row UPDATE (4 parameters each).
+/// Accounts per multi-row UPDATE (6 parameters each).
 const UPDATE_CHUNK: usize = 256;
 
-/// Rows per multi-row INSERT: 11 parameters each stays well under both databases' limits.
+/// Parameters per inserted event.
+const EVENT_PARAMS: usize = 15;
+
+/// Rows per multi-row INSERT: 15 parameters each stays well under both databases' limits
+/// (SQLite 32,766; Postgres 65,535).
 const INSERT_CHUNK: usize = 256;
 
 /// `$first, $first+1, …` (count of them).
@@ -559,12 +584,15 @@ pub struct LedgerAudit {
     pub mismatches: Vec<(String, i64, i64)>,
     /// Accounts whose reserved tokens differ from their reservations: (account, counter, sum).
     pub reservation_mismatches: Vec<(String, i64, i64)>,
+    /// Accounts whose lifetime cost differs from their events' costs: (account, counter, sum).
+    pub cost_mismatches: Vec<(String, i64, i64)>,
 }
 
 impl LedgerAudit {
     pub fn is_exact(&self) -> bool {
         self.mismatches.is_empty()
             && self.reservation_mismatches.is_empty()
+            && self.cost_mismatches.is_empty()
             && self.event_tokens == self.lifetime_tokens
     }
 }
@@ -572,11 +600,13 @@ impl LedgerAudit {
 pub(super) async fn audit(db: &Db) -> Result<LedgerAudit, LedgerError> {
     // One statement, so both sums come from the same snapshot even while writers run.
     let rows = sqlx::query(
-        "SELECT a.account_id, a.lifetime_tokens, \
+        "SELECT a.account_id, a.lifetime_tokens, a.lifetime_cost_picos, \
                 CAST(COALESCE(e.total, 0) AS BIGINT) AS event_total, \
-                CAST(COALESCE(e.n, 0) AS BIGINT) AS event_count \
+                CAST(COALESCE(e.n, 0) AS BIGINT) AS event_count, \
+                CAST(COALESCE(e.cost, 0) AS BIGINT) AS event_cost \
          FROM account a \
-         LEFT JOIN (SELECT account_id, SUM(tokens) AS total, COUNT(*) AS n FROM usage_event GROUP BY account_id) e \
+         LEFT JOIN (SELECT account_id, SUM(tokens) AS total, COUNT(*) AS n, SUM(cost_picos) AS cost \
+                    FROM usage_event GROUP BY account_id) e \
            ON e.account_id = a.account_id",
     )
     .fetch_all(&db.pool)
@@ -589,12 +619,20 @@ pub(super) async fn audit(db: &Db) -> Result<LedgerAudit, LedgerError> {
         lifetime_tokens: 0,
         mismatches: Vec::new(),
         reservation_mismatches: Vec::new(),
+        cost_mismatches: Vec::new(),
     };
     for row in rows {
         let account: String = row.try_get("account_id").map_err(ledger_error)?;
         let lifetime: i64 = row.try_get("lifetime_tokens").map_err(ledger_error)?;
         let total: i64 = row.try_get("event_total").map_err(ledger_error)?;
         let count: i64 = row.try_get("event_count").map_err(ledger_error)?;
+        let cost: i64 = row.try_get("lifetime_cost_picos").map_err(ledger_error)?;
+        let event_cost: i64 = row.try_get("event_cost").map_err(ledger_error)?;
+        if cost != event_cost {
+            audit
+                .cost_mismatches
+                .push((account.clone(), cost, event_cost));
+        }
         audit.accounts += 1;
         audit.events += count;
         audit.event_tokens += total;
