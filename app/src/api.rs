@@ -278,3 +278,29 @@ pub async fn change_password(
         .await,
     )
 }
+
+/// The models this server offers, the default first, with their prices.
+#[server(prefix = "/rpc", endpoint = "list_models")]
+pub async fn list_models() -> Result<Vec<domain::api::ModelView>, AppError> {
+    ssr::fail(
+        async {
+            ssr::caller()?;
+            Ok(ssr::services()?.list_models())
+        }
+        .await,
+    )
+}
+
+/// A prompt's tokens and the most its call could cost, before it is sent (TokenPreview).
+#[server(prefix = "/rpc", endpoint = "estimate_prompt")]
+pub async fn estimate_prompt(
+    body: domain::api::EstimateBody,
+) -> Result<domain::api::EstimateView, AppError> {
+    ssr::fail(
+        async {
+            ssr::caller()?;
+            ssr::services()?.estimate(&body)
+        }
+        .await,
+    )
+}

@@ -17,6 +17,7 @@ pub mod retry;
 #[cfg(feature = "ssr")]
 pub mod service;
 pub mod session;
+pub mod stream;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
@@ -27,8 +28,8 @@ use leptos::form::ActionForm;
 
 use crate::components::{ToastRegion, Toasts};
 use crate::pages::{
-    AccountPage, DashboardPage, LimitManagerPage, LoginPage, MyDashboardPage, NotFoundPage,
-    UserListPage,
+    AccountPage, ChatPage, DashboardPage, LimitManagerPage, LoginPage, MyDashboardPage,
+    NotFoundPage, UserListPage,
 };
 use crate::session::{AdminOnly, Session, is_admin};
 
@@ -74,6 +75,7 @@ pub fn App() -> impl IntoView {
                         me.clone().map(|me| view! {
                             <nav aria-label="Main">
                                 <A href="/" exact=true>"Dashboard"</A>
+                                <A href="/chat">"Chat"</A>
                                 {is_admin(&Some(me.clone())).then(|| view! {
                                     <A href="/users">"Users"</A>
                                     <A href="/limits">"Limits"</A>
@@ -101,6 +103,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/users/:user_id") view=DashboardPage />
                     <Route path=path!("/limits") view=|| view! { <AdminOnly><LimitManagerPage /></AdminOnly> } />
                     <Route path=path!("/account") view=AccountPage />
+                    <Route path=path!("/chat") view=ChatPage />
                 </Routes>
             </main>
             <ToastRegion />

@@ -33,7 +33,7 @@ where
     }
 }
 
-async fn sleep_ms(ms: u32) {
+pub(crate) async fn sleep_ms(ms: u32) {
     #[cfg(feature = "hydrate")]
     // Timers live on the page's one thread; the wrapper lets resources hold the future.
     send_wrapper::SendWrapper::new(gloo_timers::future::TimeoutFuture::new(ms)).await;

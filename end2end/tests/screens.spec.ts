@@ -210,6 +210,7 @@ const PAGES = [
   { name: "login", path: "/login", as: null },
   { name: "my-usage", path: "/", as: DEMO_USER },
   { name: "account", path: "/account", as: DEMO_USER },
+  { name: "chat", path: "/chat", as: DEMO_USER },
   { name: "not-allowed", path: "/users", as: DEMO_USER },
   { name: "users", path: "/users", as: ADMIN },
   { name: "user-details", path: "/users?user=ben.okafor", as: ADMIN },

@@ -46,7 +46,7 @@ const DEMO_USERS: &[(&str, &str, i64, u64)] = &[
     ("farah.haddad", "Farah Haddad", 2_000_000, 6),
 ];
 
-const MODELS: &[&str] = &["claude-sonnet-4-5", "gpt-4o-mini", "demo-echo"];
+const MODELS: &[&str] = &["claude-sonnet-4-5", "gpt-4o-mini", "tokenmeter-demo"];
 const DAYS: i64 = 21;
 
 /// A small deterministic generator (64-bit LCG): the demo is the same on every machine.
@@ -87,6 +87,7 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
     ledger
         .create_user_with_password(admin, &admin_hash, start)
         .await?;
+    let prices = crate::providers::default_prices();
     for &(id, name, limit, percent) in DEMO_USERS {
         let user_id = UserId::parse(id)?;
         let new_user = NewUser::new(
@@ -127,6 +128,15 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
                 .into_iter()
                 .map(|s| start + Duration::seconds(s as i64)),
         );
+        // Each use costs what its model cost on its day.
+        for (usage, at) in usages.iter_mut().zip(&times) {
+            usage.cost_picos = usage
+                .model
+                .as_ref()
+                .and_then(|m| prices.price_at(m, *at))
+                .map(|p| p.cost_picos(&usage.as_call_usage()))
+                .unwrap_or(0);
+        }
         for outcome in ledger.record_at(&usages, &times).await {
             outcome?;
         }

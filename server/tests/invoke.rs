@@ -440,6 +440,39 @@ async fn the_gateway_speaks_openai(db: common::TestDb) {
     s.assert_exact().await;
 }
 
+/// Usage reported through the API for a priced model is charged at its price; an unknown model
+/// costs nothing (and says so by a zero, not a guess).
+async fn reported_usage_is_priced(db: common::TestDb) {
+    let s = setup(&db, Duration::ZERO).await;
+    s.user("lena", 100_000).await;
+    let report = |body: Value| {
+        let (base, admin) = (s.base.clone(), s.admin.clone());
+        async move {
+            let response = Client::new()
+                .post(format!("{base}/api/users/lena/usage"))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // gpt-4o-mini: $0.15 in, $0.60 out per million.
+    let priced = report(json!({"tokensConsumed": 1500, "inputTokens": 1000, "outputTokens": 500, "model": "gpt-4o-mini"})).await;
+    assert_eq!(
+        n(&priced["lifetimeCostPicos"]),
+        1000 * 150_000 + 500 * 600_000
+    );
+    let unknown = report(json!({"tokensConsumed": 10, "model": "someone-elses-model"})).await;
+    assert_eq!(
+        n(&unknown["lifetimeCostPicos"]),
+        1000 * 150_000 + 500 * 600_000
+    );
+    s.assert_exact().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -469,4 +502,5 @@ on_both_databases!(
     a_cancelled_stream_charges_what_was_generated,
     bad_calls_are_refused_and_change_nothing,
     the_gateway_speaks_openai,
+    reported_usage_is_priced,
 );

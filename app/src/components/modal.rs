@@ -4,6 +4,11 @@ use wasm_bindgen::JsCast;
 
 const FOCUSABLE: &str = "button:not([disabled]), [href], input:not([disabled]), select, textarea, [tabindex]:not([tabindex='-1'])";
 
+#[cfg(feature = "hydrate")]
+type Opener = send_wrapper::SendWrapper<web_sys::HtmlElement>;
+#[cfg(not(feature = "hydrate"))]
+type Opener = ();
+
 /// A real dialog for what must not be missed (a limit reached, a confirmation): it takes the
 /// focus, keeps Tab inside, closes on Escape, and gives the focus back to where it was.
 #[component]
@@ -22,13 +27,19 @@ pub fn Modal(
     );
 
     // Browser only: remember who had the focus, move it into the dialog, give it back on close.
-    let opener = StoredValue::new_local(None::<web_sys::HtmlElement>);
+    // Only the browser holds an element; a page rendered on the server (on any thread) holds
+    // nothing tied to a thread, which would panic when dropped elsewhere.
+    let opener = StoredValue::new(None::<Opener>);
+    #[cfg(not(feature = "hydrate"))]
+    let _ = opener;
     Effect::new(move |_| {
         if let Some(el) = dialog.get() {
+            #[cfg(feature = "hydrate")]
             opener.set_value(
                 document()
                     .active_element()
-                    .and_then(|e| e.dyn_into::<web_sys::HtmlElement>().ok()),
+                    .and_then(|e| e.dyn_into::<web_sys::HtmlElement>().ok())
+                    .map(send_wrapper::SendWrapper::new),
             );
             if let Ok(Some(first)) = el.query_selector(FOCUSABLE)
                 && let Ok(first) = first.dyn_into::<web_sys::HtmlElement>()
@@ -38,6 +49,7 @@ pub fn Modal(
         }
     });
     on_cleanup(move || {
+        #[cfg(feature = "hydrate")]
         if let Some(Some(el)) = opener.try_get_value() {
             let _ = el.focus();
         }

@@ -1,5 +1,5 @@
-use domain::UsageLevel;
 use domain::api::UserView;
+use domain::{UsageLevel, format_usd};
 use leptos::prelude::*;
 
 use crate::format::{percent, thousands, utc};
@@ -47,12 +47,20 @@ pub fn UsageCard(user: UserView) -> impl IntoView {
                     <dd data-testid="token-limit">{thousands(user.token_limit)}</dd>
                 </div>
                 <div>
+                    <dt>"Reserved by calls running"</dt>
+                    <dd data-testid="tokens-reserved">{thousands(user.tokens_reserved)}</dd>
+                </div>
+                <div>
                     <dt>"Remaining"</dt>
                     <dd data-testid="tokens-remaining">{thousands(user.remaining_tokens)}</dd>
                 </div>
                 <div>
                     <dt>"Used of limit"</dt>
                     <dd data-testid="percentage-used">{percent(user.used_basis_points)}</dd>
+                </div>
+                <div>
+                    <dt>"Spent"</dt>
+                    <dd data-testid="cost-spent">{format_usd(user.lifetime_cost_picos)}</dd>
                 </div>
                 <div>
                     <dt>"Last updated"</dt>

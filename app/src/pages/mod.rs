@@ -1,4 +1,5 @@
 mod account;
+mod chat;
 mod dashboard;
 mod limits;
 mod login;
@@ -6,6 +7,7 @@ mod not_found;
 mod users;
 
 pub use account::{AccountPage, ApiKeys};
+pub use chat::ChatPage;
 pub use dashboard::{DashboardPage, MyDashboardPage};
 pub use limits::LimitManagerPage;
 pub use login::LoginPage;

@@ -210,7 +210,14 @@ impl Services {
             Some(raw) => IdempotencyKey::parse(raw)?,
             None => IdempotencyKey::parse(&format!("auto-{}", fresh_key()))?,
         };
-        let usage = body.validate(user_id.clone(), source, key)?;
+        let mut usage = body.validate(user_id.clone(), source, key)?;
+        // A report naming a priced model is charged at today's price.
+        usage.cost_picos = usage
+            .model
+            .as_ref()
+            .and_then(|m| self.models.prices().price_at(m, Utc::now()))
+            .map(|p| p.cost_picos(&usage.as_call_usage()))
+            .unwrap_or(0);
         let recorded = self
             .ledger
             .record_usage(usage)
