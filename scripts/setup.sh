@@ -18,6 +18,7 @@ need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium chromium-driver)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   as_root apt-get update -qq
@@ -63,6 +64,14 @@ fi
 if [ ! -d end2end/node_modules ] || ! diff -q end2end/package-lock.json end2end/node_modules/.package-lock.json >/dev/null 2>&1; then
   log "npm ci (end2end)"
   (cd end2end && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# --- Python: the OpenAI SDK, to test the gateway with a real client --------------------------
+OPENAI_SDK_VERSION=3.54.0
+if ! .venv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+  log "python venv with openai==$OPENAI_SDK_VERSION (.venv)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
 fi
 
 log "ready"
