@@ -413,7 +413,17 @@ impl Call {
 
         // What was consumed: the provider's own count when it gave one; otherwise (cut short,
         // cancelled before the usage arrived) the prompt as counted here and the reply so far.
+        let cut_short = matches!(finish, FinishReason::Cancelled | FinishReason::Error);
         let usage = match reported {
+            // Cut before the provider gave the output count (it had given the input): the
+            // reply so far, as counted here.
+            Some(usage) if cut_short && usage.output_tokens == 0 && !reply.is_empty() => {
+                CallUsage {
+                    output_tokens: self.services.models.tokenizer().count(&reply),
+                    ..usage
+                }
+                .normalized()
+            }
             Some(usage) => usage.normalized(),
             None if reply.is_empty() && failure.is_some() => CallUsage::default(),
             None => CallUsage {

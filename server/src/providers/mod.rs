@@ -4,6 +4,7 @@
 //! Provider keys are read from the environment here and kept inside the provider: they are
 //! never sent to the browser and never logged (`Debug` of a provider shows no key).
 
+pub mod anthropic;
 pub mod demo;
 pub mod openai;
 pub mod prices;
@@ -52,6 +53,9 @@ impl Tokenizer for BpeTokenizer {
 /// - OpenAI-compatible models when `OPENAI_API_KEY` or `TOKENMETER_OPENAI_BASE_URL` is set:
 ///   `TOKENMETER_OPENAI_MODELS` (comma-separated, default `gpt-4o-mini`), base URL default
 ///   `https://api.openai.com/v1`;
+/// - Anthropic models when `ANTHROPIC_API_KEY` is set: `TOKENMETER_ANTHROPIC_MODELS` (default
+///   `claude-sonnet-4-5`), base URL `TOKENMETER_ANTHROPIC_BASE_URL` (default
+///   `https://api.anthropic.com`);
 /// - `TOKENMETER_DEFAULT_MODEL` picks the default (otherwise the demo);
 /// - `TOKENMETER_PRICES_FILE`: a JSON array of prices that override or extend the defaults
 ///   (`[{"model": "gpt-4o", "effectiveFrom": "2025-01-01T00:00:00Z", "input": "2.5",
@@ -89,6 +93,22 @@ pub fn models_from_env() -> Result<Models, String> {
             let model = ModelName::parse(name)
                 .map_err(|e| format!("TOKENMETER_OPENAI_MODELS: {}", e.message))?;
             entries.push(openai::entry(model, provider.clone()));
+        }
+    }
+
+    if let Some(key) = env("ANTHROPIC_API_KEY") {
+        let provider = Arc::new(anthropic::AnthropicProvider::new(
+            env("TOKENMETER_ANTHROPIC_BASE_URL")
+                .unwrap_or_else(|| "https://api.anthropic.com".to_owned()),
+            key,
+            Duration::from_secs(timeout),
+        )?);
+        let names =
+            env("TOKENMETER_ANTHROPIC_MODELS").unwrap_or_else(|| "claude-sonnet-4-5".to_owned());
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let model = ModelName::parse(name)
+                .map_err(|e| format!("TOKENMETER_ANTHROPIC_MODELS: {}", e.message))?;
+            entries.push(anthropic::entry(model, provider.clone()));
         }
     }
 
