@@ -5,9 +5,12 @@
 //! never sent to the browser and never logged (`Debug` of a provider shows no key).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod demo;
+pub mod eventstream;
 pub mod openai;
 pub mod prices;
+pub mod sigv4;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -56,6 +59,10 @@ impl Tokenizer for BpeTokenizer {
 /// - Anthropic models when `ANTHROPIC_API_KEY` is set: `TOKENMETER_ANTHROPIC_MODELS` (default
 ///   `claude-sonnet-4-5`), base URL `TOKENMETER_ANTHROPIC_BASE_URL` (default
 ///   `https://api.anthropic.com`);
+/// - AWS Bedrock models when `TOKENMETER_BEDROCK_MODELS` is set (e.g.
+///   `us.anthropic.claude-sonnet-4-5-20250929-v1:0`), signed with `AWS_ACCESS_KEY_ID`,
+///   `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`) in `AWS_REGION` (default `us-east-1`);
+///   `TOKENMETER_BEDROCK_ENDPOINT` overrides the endpoint;
 /// - `TOKENMETER_DEFAULT_MODEL` picks the default (otherwise the demo);
 /// - `TOKENMETER_PRICES_FILE`: a JSON array of prices that override or extend the defaults
 ///   (`[{"model": "gpt-4o", "effectiveFrom": "2025-01-01T00:00:00Z", "input": "2.5",
@@ -109,6 +116,30 @@ pub fn models_from_env() -> Result<Models, String> {
             let model = ModelName::parse(name)
                 .map_err(|e| format!("TOKENMETER_ANTHROPIC_MODELS: {}", e.message))?;
             entries.push(anthropic::entry(model, provider.clone()));
+        }
+    }
+
+    if let Some(names) = env("TOKENMETER_BEDROCK_MODELS") {
+        let credentials = sigv4::Credentials {
+            access_key_id: env("AWS_ACCESS_KEY_ID")
+                .ok_or("TOKENMETER_BEDROCK_MODELS is set but AWS_ACCESS_KEY_ID is not")?,
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY")
+                .ok_or("TOKENMETER_BEDROCK_MODELS is set but AWS_SECRET_ACCESS_KEY is not")?,
+            session_token: env("AWS_SESSION_TOKEN"),
+        };
+        let region = env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let provider = Arc::new(bedrock::BedrockProvider::new(
+            region,
+            env("TOKENMETER_BEDROCK_ENDPOINT"),
+            credentials,
+            Duration::from_secs(timeout),
+        )?);
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let model = ModelName::parse(name)
+                .map_err(|e| format!("TOKENMETER_BEDROCK_MODELS: {}", e.message))?;
+            entries.push(bedrock::entry(model, provider.clone()));
         }
     }
 
