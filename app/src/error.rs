@@ -58,6 +58,9 @@ pub struct AppError {
     pub code: String,
     pub message: String,
     pub field: Option<String>,
+    /// With a refusal at the limit: the tokens left.
+    #[serde(default)]
+    pub remaining_tokens: Option<u64>,
 }
 
 impl AppError {
@@ -67,6 +70,7 @@ impl AppError {
             code: code.to_owned(),
             message: message.into(),
             field: None,
+            remaining_tokens: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl AppError {
                 code: self.code.clone(),
                 message: self.message.clone(),
                 field: self.field.clone(),
+                remaining_tokens: self.remaining_tokens,
             },
         }
     }
@@ -131,6 +136,7 @@ impl From<ValidationError> for AppError {
             code: e.code,
             message: e.message,
             field: Some(e.field),
+            remaining_tokens: None,
         }
     }
 }

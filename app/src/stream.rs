@@ -52,6 +52,7 @@ pub fn error_from_answer(status: u16, body: &str) -> AppError {
             code: b.error.code,
             message: b.error.message,
             field: b.error.field,
+            remaining_tokens: b.error.remaining_tokens,
         },
         Err(_) => AppError::new(
             kind_for_status(status),
@@ -82,6 +83,7 @@ pub fn decode_event(event: &domain::sse::SseEvent) -> Option<StreamEvent> {
                         code: f.error.code,
                         message: f.error.message,
                         field: f.error.field,
+                        remaining_tokens: f.error.remaining_tokens,
                     },
                     f.result.map(Box::new),
                 )

@@ -249,6 +249,13 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `token_limit_exceeded`: the tokens the user has left.
+    #[serde(
+        default,
+        rename = "remainingTokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remaining_tokens: Option<u64>,
 }
 
 /// A demo account the login page offers in demo mode (`make run`): public by design.

@@ -217,6 +217,7 @@ async fn at_the_limit_the_model_is_not_called(db: common::TestDb) {
             .contains("12 remaining"),
         "{body}"
     );
+    assert_eq!(body["error"]["remainingTokens"], 12);
     let after = s.get_user("erin").await;
     assert_eq!(before["tokenUsage"], after["tokenUsage"]);
     assert_eq!(n(&after["tokensReserved"]), 0);

@@ -73,13 +73,17 @@ impl From<LedgerError> for AppError {
                 "This Idempotency-Key was already used for a different usage report. Use a new key for a new report.",
             )
             .with_field("Idempotency-Key"),
-            LedgerError::LimitReached { remaining } => AppError::new(
-                ErrorKind::LimitReached,
-                "token_limit_exceeded",
-                format!(
-                    "Not enough tokens left for this call: {remaining} remaining. Ask an administrator to raise the limit."
-                ),
-            ),
+            LedgerError::LimitReached { remaining } => {
+                let mut e = AppError::new(
+                    ErrorKind::LimitReached,
+                    "token_limit_exceeded",
+                    format!(
+                        "Not enough tokens left for this call: {remaining} remaining. Ask an administrator to raise the limit."
+                    ),
+                );
+                e.remaining_tokens = Some(remaining);
+                e
+            }
             LedgerError::CounterOverflow => AppError::new(
                 ErrorKind::Invalid,
                 "counter_overflow",
