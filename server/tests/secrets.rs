@@ -184,3 +184,126 @@ async fn secrets_never_appear_in_clear() {
             .all(|d| d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()))
     );
 }
+
+/// A provider key set in the environment reaches the provider and nowhere else: not the log (at
+/// debug level, through successful and refused calls), not any answer, not the pages.
+#[tokio::test]
+async fn provider_keys_stay_on_the_server() {
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+
+    const KEY: &str = "sk-canary-4f1d9c0e7b2a";
+    // A Chat Completions stand-in that notes the key it was sent; refuses model "bad-key".
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post({
+                let seen = seen.clone();
+                move |headers: HeaderMap, body: String| {
+                    let seen = seen.clone();
+                    async move {
+                        let auth = headers["authorization"].to_str().unwrap().to_owned();
+                        seen.lock().unwrap().push(auth);
+                        let request: Value = serde_json::from_str(&body).unwrap();
+                        if request["model"] == "bad-key" {
+                            return (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                axum::Json(json!({"error": {"message": "Incorrect API key provided"}})),
+                            );
+                        }
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(json!({
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+                            })),
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("keys.db").display());
+    let out = common::cli(&url, &["create-admin", "--user-id", "root"]);
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("a printed password")
+        .to_owned();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let server = common::start_server_logging(
+        &url,
+        &[
+            ("RUST_LOG", "debug"),
+            ("OPENAI_API_KEY", KEY),
+            ("TOKENMETER_OPENAI_BASE_URL", &fake),
+            ("TOKENMETER_OPENAI_MODELS", "gpt-4o-mini,bad-key"),
+        ],
+        Stdio::from(log.try_clone().expect("clone")),
+        Stdio::from(log),
+    )
+    .await;
+    let http = Client::new();
+    let base = &server.base;
+    let res = http
+        .post(format!("{base}/api/session"))
+        .json(&json!({"userId": "root", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let session = format!("tm_session={}", cookie_token(&res));
+    let mut answers = String::new();
+    for model in ["gpt-4o-mini", "bad-key"] {
+        for stream in [false, true] {
+            let res = http
+                .post(format!("{base}/api/invoke"))
+                .header("cookie", &session)
+                .json(&json!({"prompt": "hello", "model": model, "stream": stream}))
+                .send()
+                .await
+                .unwrap();
+            answers.push_str(&format!("{res:?}"));
+            answers.push_str(&res.text().await.unwrap());
+        }
+    }
+    for path in ["/api/models", "/chat", "/"] {
+        let res = http
+            .get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        answers.push_str(&res.text().await.unwrap());
+    }
+    assert!(
+        answers.contains("provider_auth_failed"),
+        "the refused call was answered: {answers}"
+    );
+    drop(server);
+
+    // Positive control: the provider did get the key.
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|a| a == &format!("Bearer {KEY}"))
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "every call reached the provider"
+    );
+    let logged = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        logged.contains("model call refused"),
+        "the log has the refusal"
+    );
+    assert!(!logged.contains(KEY), "the provider key is in the log");
+    assert!(!answers.contains(KEY), "the provider key is in an answer");
+}
