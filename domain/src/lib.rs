@@ -10,6 +10,7 @@ pub mod error;
 pub mod listing;
 pub mod math;
 pub mod pricing;
+pub mod rollup;
 pub mod sort;
 pub mod sse;
 pub mod usage;

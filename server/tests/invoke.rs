@@ -505,3 +505,48 @@ on_both_databases!(
     the_gateway_speaks_openai,
     reported_usage_is_priced,
 );
+
+/// Two server replicas on one Postgres: 50 calls spread over both still reach the model at
+/// most as often as the budget allows, and the ledger stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_postgres_never_overspend() {
+    let db = common::postgres().await;
+    let first = setup(&db, Duration::from_millis(3)).await;
+    // A second replica: its own pool and its own HTTP server, the same database.
+    let ledger_b = common::ledger(&db).await;
+    let mut services_b = common::services(ledger_b);
+    services_b.models = Arc::new(demo_models(Duration::from_millis(3)));
+    let base_b = common::serve_services(services_b, Vec::new(), 1 << 20, Default::default()).await;
+
+    let probe = first.user("probe2", 1_000).await;
+    let prompt = "Two replicas, one budget.";
+    let per_call = n(&first.estimate(&probe, prompt, 8).await["inputTokens"]) + 8;
+    let key = first.user("olga", per_call * 10).await;
+    let calls = (0..50).map(|i| {
+        let base = if i % 2 == 0 {
+            first.base.clone()
+        } else {
+            base_b.clone()
+        };
+        let key = key.clone();
+        async move {
+            Client::new()
+                .post(format!("{base}/api/invoke"))
+                .bearer_auth(&key)
+                .json(&json!({"prompt": prompt, "maxTokens": 8}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(served, 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 40);
+    let user = first.get_user("olga").await;
+    assert_eq!(n(&user["tokenUsage"]), per_call * 10);
+    assert_eq!(n(&user["tokensReserved"]), 0);
+    first.assert_exact().await;
+}

@@ -1,0 +1,99 @@
+//! Properties of periods and rollups (the reference the store's aggregator will be held to).
+
+use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
+use domain::rollup::{EventFacts, Period, rollups_of};
+use proptest::prelude::*;
+
+fn moment() -> impl Strategy<Value = DateTime<Utc>> {
+    // 2020-01-01 .. 2030-01-01, to the microsecond.
+    (1_577_836_800_000_000i64..1_893_456_000_000_000)
+        .prop_map(|us| Utc.timestamp_micros(us).unwrap())
+}
+
+fn event() -> impl Strategy<Value = EventFacts> {
+    (
+        0u8..4,
+        moment(),
+        0u64..10_000,
+        0u64..10_000,
+        0u64..1_000_000_000,
+        proptest::option::of(0u8..3),
+        proptest::option::of(0u8..5),
+        proptest::option::of(0u8..3),
+    )
+        .prop_map(
+            |(user, at, input, output, cost, model, conversation, agent)| EventFacts {
+                user_id: format!("u{user}"),
+                at,
+                input_tokens: input,
+                output_tokens: output,
+                total_tokens: input + output,
+                cost_picos: cost,
+                model: model.map(|m| format!("m{m}")),
+                conversation: conversation.map(|c| format!("c{c}")),
+                agent: agent.map(|a| format!("a{a}")),
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// A bucket starts on its period's first day (Monday for ISO weeks, the 1st for months), on
+    /// or before the moment, and the moment falls inside it.
+    #[test]
+    fn buckets_contain_their_moments(at in moment()) {
+        let day = at.date_naive();
+        prop_assert_eq!(Period::Day.bucket(at), day);
+        let week = Period::Week.bucket(at);
+        prop_assert_eq!(week.weekday(), Weekday::Mon);
+        prop_assert!(week <= day && (day - week).num_days() < 7);
+        prop_assert_eq!(week.iso_week(), day.iso_week());
+        let month = Period::Month.bucket(at);
+        prop_assert_eq!(month.day(), 1);
+        prop_assert_eq!((month.year(), month.month()), (day.year(), day.month()));
+    }
+
+    /// Every period's rollups add up to the same totals as the events; each event counts once
+    /// per period; distinct counts never exceed messages; order does not matter.
+    #[test]
+    fn rollups_are_sums_of_the_events(mut events in proptest::collection::vec(event(), 0..60)) {
+        let rollups = rollups_of(&events);
+        for period in Period::ALL {
+            let of_period: Vec<_> = rollups.iter().filter(|((_, p, _), _)| *p == period).map(|(_, r)| r).collect();
+            prop_assert_eq!(of_period.iter().map(|r| r.total_tokens).sum::<u64>(), events.iter().map(|e| e.total_tokens).sum::<u64>());
+            prop_assert_eq!(of_period.iter().map(|r| r.cost_picos).sum::<u64>(), events.iter().map(|e| e.cost_picos).sum::<u64>());
+            prop_assert_eq!(of_period.iter().map(|r| r.messages).sum::<u64>(), events.len() as u64);
+            for r in &of_period {
+                prop_assert_eq!(r.input_tokens + r.output_tokens, r.total_tokens);
+                prop_assert!(r.conversations <= r.messages && r.agents <= r.messages && r.models <= r.messages);
+                prop_assert!(r.conversations <= 5 && r.agents <= 3 && r.models <= 3);
+            }
+        }
+        // A month holds at least as much as any of its days.
+        for ((user, period, bucket), r) in &rollups {
+            if *period == Period::Day {
+                let at = Utc.from_utc_datetime(&bucket.and_hms_opt(12, 0, 0).unwrap());
+                let month = &rollups[&(user.clone(), Period::Month, Period::Month.bucket(at))];
+                prop_assert!(month.total_tokens >= r.total_tokens && month.messages >= r.messages);
+                prop_assert!(month.conversations >= r.conversations);
+            }
+        }
+        events.reverse();
+        prop_assert_eq!(rollups_of(&events), rollups);
+    }
+}
+
+#[test]
+fn weeks_cross_months_and_years() {
+    // Thursday 2026-01-01 belongs to the ISO week that started Monday 2025-12-29.
+    let new_year = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    assert_eq!(Period::Week.bucket(new_year).to_string(), "2025-12-29");
+    assert_eq!(Period::Month.bucket(new_year).to_string(), "2026-01-01");
+    // The last microsecond of a day is still that day.
+    let late = Utc.with_ymd_and_hms(2026, 11, 22, 23, 59, 59).unwrap()
+        + chrono::Duration::microseconds(999_999);
+    assert_eq!(Period::Day.bucket(late).to_string(), "2026-11-22");
+    assert_eq!(Period::parse("weekly"), Ok(Period::Week));
+    assert_eq!(Period::parse("yearly").unwrap_err().code, "invalid_period");
+}
