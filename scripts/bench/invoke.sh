@@ -22,10 +22,12 @@ run() {
   local key; key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name bench 2>/dev/null)
   RUST_LOG=warn TOKENMETER_DEMO_TOKEN_DELAY_MS=0 DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
   local pid=$!
+  trap "kill $pid 2>/dev/null || true" RETURN EXIT
   for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
   seq 0 $((USERS - 1)) | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$base/api/users" \
     -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"userId":"u{}","tokenLimit":1000000000000,"password":"bench-password"}'
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/invoke.lua "$base" -- "$USERS" "$key" \
+  local threads=$(( CONNECTIONS < 2 ? 1 : 2 ))
+  wrk -t"$threads" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/invoke.lua "$base" -- "$USERS" "$key" \
     | grep -E 'Requests/sec|Latency|50%|99%|requests in|Non-2xx|Socket errors'
   kill "$pid"; wait "$pid" 2>/dev/null || true
   "$bin" audit --database-url "$url"
