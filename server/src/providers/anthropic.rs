@@ -46,17 +46,8 @@ impl std::fmt::Debug for AnthropicProvider {
 
 impl AnthropicProvider {
     pub fn new(base_url: String, api_key: String, idle_timeout: Duration) -> Result<Self, String> {
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(format!(
-                "the Anthropic base URL must start with http:// or https://, got {base_url:?}"
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(idle_timeout)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let base_url = super::base_url("the Anthropic base URL", &base_url)?;
+        let client = super::http_client(idle_timeout)?;
         Ok(Self {
             base_url,
             api_key,

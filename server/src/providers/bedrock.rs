@@ -53,20 +53,11 @@ impl BedrockProvider {
         credentials: Credentials,
         idle_timeout: Duration,
     ) -> Result<Self, String> {
-        let endpoint = endpoint
-            .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"))
-            .trim_end_matches('/')
-            .to_owned();
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(format!(
-                "the Bedrock endpoint must be an http(s) URL, got {endpoint:?}"
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(idle_timeout)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let endpoint = super::base_url(
+            "the Bedrock endpoint",
+            &endpoint.unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
+        )?;
+        let client = super::http_client(idle_timeout)?;
         Ok(Self {
             endpoint,
             region,

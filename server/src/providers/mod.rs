@@ -19,6 +19,28 @@ use app::ports::Tokenizer;
 use app::service::Models;
 use domain::{ModelName, PriceConfig, PriceTable};
 
+/// A provider's base URL without its trailing slash, refused unless it is http(s).
+pub(crate) fn base_url(what: &str, raw: &str) -> Result<String, String> {
+    let url = raw.trim_end_matches('/').to_owned();
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url)
+    } else {
+        Err(format!(
+            "{what} must start with http:// or https://, got {url:?}"
+        ))
+    }
+}
+
+/// The HTTP client providers share the settings of: 10 s to connect, and `idle_timeout` as the
+/// longest silence (before the answer, or between two pieces of a stream).
+pub(crate) fn http_client(idle_timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(idle_timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// OpenAI's o200k_base byte-pair encoding (GPT-4o and later), bundled in the binary.
 pub struct BpeTokenizer {
     bpe: &'static tiktoken_rs::CoreBPE,

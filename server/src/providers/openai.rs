@@ -49,17 +49,8 @@ impl OpenAiProvider {
         api_key: Option<String>,
         idle_timeout: Duration,
     ) -> Result<Self, String> {
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(format!(
-                "the OpenAI base URL must start with http:// or https://, got {base_url:?}"
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(idle_timeout)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let base_url = super::base_url("the OpenAI base URL", &base_url)?;
+        let client = super::http_client(idle_timeout)?;
         let max_tokens_field = if base_url.contains("api.openai.com") {
             "max_completion_tokens"
         } else {
