@@ -2,7 +2,6 @@
 //! `message_start` (input, cache reads and writes) and `message_delta` (output so far); cache
 //! read and write tokens are kept apart so they are priced at their own rates.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,111 +182,85 @@ where
     S: futures::Stream<Item = Result<B, ProviderError>> + Send + Unpin + 'static,
     B: AsRef<[u8]>,
 {
-    struct State<S> {
-        bytes: S,
-        parser: SseParser,
-        queue: VecDeque<Result<ProviderEvent, ProviderError>>,
-        /// Output tokens of the current message as last reported (message_delta is cumulative).
-        output: u64,
-        done: bool,
-    }
-    let state = State {
+    super::decode_stream(
         bytes,
-        parser: SseParser::new(),
-        queue: VecDeque::new(),
-        output: 0,
-        done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Some((event, st));
-            }
-            if st.done {
-                return None;
-            }
-            let chunk = match st.bytes.next().await {
-                None => {
-                    st.done = true;
-                    st.queue.push_back(Err(ProviderError::BadResponse(
-                        "the stream ended before message_stop".into(),
-                    )));
-                    continue;
+        MessageReader {
+            parser: SseParser::new(),
+            output: 0,
+        },
+    )
+}
+
+/// Messages API events, as server-sent events ending in `message_stop`.
+struct MessageReader {
+    parser: SseParser,
+    /// Output tokens of the current message as last reported (message_delta is cumulative).
+    output: u64,
+}
+
+impl super::StreamDecoder for MessageReader {
+    const CUT: &'static str = "message_stop";
+
+    fn decode(&mut self, chunk: &[u8], out: &mut super::Events) -> bool {
+        for sse in self.parser.push(chunk) {
+            let value: Value = match serde_json::from_str(&sse.data) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push_back(Err(ProviderError::BadResponse(format!(
+                        "a stream event is not JSON: {e}"
+                    ))));
+                    return true;
                 }
-                Some(Err(e)) => {
-                    st.done = true;
-                    st.queue.push_back(Err(e));
-                    continue;
-                }
-                Some(Ok(chunk)) => chunk,
             };
-            for sse in st.parser.push(chunk.as_ref()) {
-                let value: Value = match serde_json::from_str(&sse.data) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        st.done = true;
-                        st.queue.push_back(Err(ProviderError::BadResponse(format!(
-                            "a stream event is not JSON: {e}"
-                        ))));
-                        break;
-                    }
-                };
-                match value["type"].as_str().unwrap_or(sse.event.as_str()) {
-                    "message_start" => {
-                        st.output = 0;
-                        let usage = usage_from(&value["message"]["usage"]);
-                        // The output so far is reported again, in full, by message_delta.
-                        st.queue.push_back(Ok(ProviderEvent::Usage(CallUsage {
-                            output_tokens: 0,
-                            ..usage
-                        })));
-                    }
-                    "content_block_delta" => {
-                        if let Some(text) =
-                            value["delta"]["text"].as_str().filter(|t| !t.is_empty())
-                        {
-                            st.queue.push_back(Ok(ProviderEvent::Text(text.to_owned())));
-                        }
-                    }
-                    "message_delta" => {
-                        if let Some(output) = value["usage"]["output_tokens"].as_u64() {
-                            let more = output.saturating_sub(st.output);
-                            st.output = output;
-                            if more > 0 {
-                                st.queue.push_back(Ok(ProviderEvent::Usage(CallUsage {
-                                    output_tokens: more,
-                                    ..CallUsage::default()
-                                })));
-                            }
-                        }
-                        if let Some(reason) = value["delta"]["stop_reason"].as_str() {
-                            st.queue
-                                .push_back(Ok(ProviderEvent::Finished(finish_from(reason))));
-                        }
-                    }
-                    "message_stop" => {
-                        st.done = true;
-                        break;
-                    }
-                    "error" => {
-                        st.done = true;
-                        let message = value["error"]["message"]
-                            .as_str()
-                            .unwrap_or("error")
-                            .to_owned();
-                        let kind = value["error"]["type"].as_str().unwrap_or_default();
-                        st.queue.push_back(Err(match kind {
-                            "rate_limit_error" => ProviderError::RateLimited(message),
-                            "authentication_error" | "permission_error" => {
-                                ProviderError::Unauthorized(message)
-                            }
-                            _ => ProviderError::Unavailable(message),
-                        }));
-                        break;
-                    }
-                    _ => {} // ping, content_block_start/stop
+            match value["type"].as_str().unwrap_or(sse.event.as_str()) {
+                "message_start" => {
+                    self.output = 0;
+                    let usage = usage_from(&value["message"]["usage"]);
+                    // The output so far is reported again, in full, by message_delta.
+                    out.push_back(Ok(ProviderEvent::Usage(CallUsage {
+                        output_tokens: 0,
+                        ..usage
+                    })));
                 }
+                "content_block_delta" => {
+                    if let Some(text) = value["delta"]["text"].as_str().filter(|t| !t.is_empty()) {
+                        out.push_back(Ok(ProviderEvent::Text(text.to_owned())));
+                    }
+                }
+                "message_delta" => {
+                    if let Some(output) = value["usage"]["output_tokens"].as_u64() {
+                        let more = output.saturating_sub(self.output);
+                        self.output = output;
+                        if more > 0 {
+                            out.push_back(Ok(ProviderEvent::Usage(CallUsage {
+                                output_tokens: more,
+                                ..CallUsage::default()
+                            })));
+                        }
+                    }
+                    if let Some(reason) = value["delta"]["stop_reason"].as_str() {
+                        out.push_back(Ok(ProviderEvent::Finished(finish_from(reason))));
+                    }
+                }
+                "message_stop" => return true,
+                "error" => {
+                    let message = value["error"]["message"]
+                        .as_str()
+                        .unwrap_or("error")
+                        .to_owned();
+                    let kind = value["error"]["type"].as_str().unwrap_or_default();
+                    out.push_back(Err(match kind {
+                        "rate_limit_error" => ProviderError::RateLimited(message),
+                        "authentication_error" | "permission_error" => {
+                            ProviderError::Unauthorized(message)
+                        }
+                        _ => ProviderError::Unavailable(message),
+                    }));
+                    return true;
+                }
+                _ => {} // ping, content_block_start/stop
             }
         }
-    })
+        false
+    }
 }

@@ -3,7 +3,6 @@
 //! text, `messageStop` the stop reason, `metadata` the usage (input, output, cache reads and
 //! writes); an `exception` message is the provider failing part-way.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,84 +249,51 @@ where
     S: futures::Stream<Item = Result<B, ProviderError>> + Send + Unpin + 'static,
     B: AsRef<[u8]>,
 {
-    struct State<S> {
-        bytes: S,
-        decoder: Decoder,
-        queue: VecDeque<Result<ProviderEvent, ProviderError>>,
-        done: bool,
-    }
-    let state = State {
-        bytes,
-        decoder: Decoder::default(),
-        queue: VecDeque::new(),
-        done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Some((event, st));
+    super::decode_stream(bytes, FrameReader(Decoder::default()))
+}
+
+/// ConverseStream's binary frames, complete after `metadata`.
+struct FrameReader(Decoder);
+
+impl super::StreamDecoder for FrameReader {
+    const CUT: &'static str = "its usage metadata";
+
+    fn decode(&mut self, chunk: &[u8], out: &mut super::Events) -> bool {
+        let messages = match self.0.push(chunk) {
+            Ok(messages) => messages,
+            Err(e) => {
+                out.push_back(Err(ProviderError::BadResponse(e.to_string())));
+                return true;
             }
-            if st.done {
-                return None;
+        };
+        for message in messages {
+            let payload: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+            if message.header(":message-type") == Some("exception") {
+                let kind = message.header(":exception-type").unwrap_or("exception");
+                let text = payload["message"].as_str().unwrap_or(kind).to_owned();
+                out.push_back(Err(exception(kind, text)));
+                return true;
             }
-            let chunk = match st.bytes.next().await {
-                None => {
-                    st.done = true;
-                    st.queue.push_back(Err(ProviderError::BadResponse(
-                        "the stream ended before its usage metadata".into(),
-                    )));
-                    continue;
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    st.queue.push_back(Err(e));
-                    continue;
-                }
-                Some(Ok(chunk)) => chunk,
-            };
-            let messages = match st.decoder.push(chunk.as_ref()) {
-                Ok(messages) => messages,
-                Err(e) => {
-                    st.done = true;
-                    st.queue
-                        .push_back(Err(ProviderError::BadResponse(e.to_string())));
-                    continue;
-                }
-            };
-            for message in messages {
-                let payload: Value =
-                    serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
-                if message.header(":message-type") == Some("exception") {
-                    st.done = true;
-                    let kind = message.header(":exception-type").unwrap_or("exception");
-                    let text = payload["message"].as_str().unwrap_or(kind).to_owned();
-                    st.queue.push_back(Err(exception(kind, text)));
-                    break;
-                }
-                match message.header(":event-type").unwrap_or_default() {
-                    "contentBlockDelta" => {
-                        if let Some(text) =
-                            payload["delta"]["text"].as_str().filter(|t| !t.is_empty())
-                        {
-                            st.queue.push_back(Ok(ProviderEvent::Text(text.to_owned())));
-                        }
+            match message.header(":event-type").unwrap_or_default() {
+                "contentBlockDelta" => {
+                    if let Some(text) = payload["delta"]["text"].as_str().filter(|t| !t.is_empty())
+                    {
+                        out.push_back(Ok(ProviderEvent::Text(text.to_owned())));
                     }
-                    "messageStop" => {
-                        let reason = payload["stopReason"].as_str().unwrap_or("end_turn");
-                        st.queue
-                            .push_back(Ok(ProviderEvent::Finished(finish_from(reason))));
-                    }
-                    "metadata" => {
-                        if let Some(usage) = payload.get("usage") {
-                            st.queue
-                                .push_back(Ok(ProviderEvent::Usage(usage_from(usage))));
-                        }
-                        st.done = true;
-                        break;
-                    }
-                    _ => {} // messageStart, contentBlockStart/Stop
                 }
+                "messageStop" => {
+                    let reason = payload["stopReason"].as_str().unwrap_or("end_turn");
+                    out.push_back(Ok(ProviderEvent::Finished(finish_from(reason))));
+                }
+                "metadata" => {
+                    if let Some(usage) = payload.get("usage") {
+                        out.push_back(Ok(ProviderEvent::Usage(usage_from(usage))));
+                    }
+                    return true;
+                }
+                _ => {} // messageStart, contentBlockStart/Stop
             }
         }
-    })
+        false
+    }
 }

@@ -15,9 +15,63 @@ pub mod sigv4;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use app::ports::Tokenizer;
+use app::ports::{ProviderError, ProviderEvent, Tokenizer};
 use app::service::Models;
 use domain::{ModelName, PriceConfig, PriceTable};
+
+/// Events decoded from a provider's stream, waiting to be handed out.
+pub(crate) type Events = std::collections::VecDeque<Result<ProviderEvent, ProviderError>>;
+
+/// A provider's stream format (server-sent events, AWS event-stream frames…).
+pub(crate) trait StreamDecoder: Send + 'static {
+    /// What a stream that ends before it is complete lacked, for the error.
+    const CUT: &'static str;
+    /// Adds the events found in `chunk` to `out`; true once the answer is complete (or has
+    /// failed: the error is then the last event).
+    fn decode(&mut self, chunk: &[u8], out: &mut Events) -> bool;
+}
+
+/// A provider's answer as events: chunks go through `decoder` until it says the answer is
+/// complete. A body that ends sooner, or breaks, ends in an error after what arrived.
+pub(crate) fn decode_stream<S, B, D>(
+    bytes: S,
+    decoder: D,
+) -> impl futures::Stream<Item = Result<ProviderEvent, ProviderError>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<B, ProviderError>> + Send + Unpin + 'static,
+    B: AsRef<[u8]>,
+    D: StreamDecoder,
+{
+    use futures::StreamExt;
+    let state = (bytes, decoder, Events::new(), false);
+    futures::stream::unfold(
+        state,
+        |(mut bytes, mut decoder, mut queue, mut done)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((event, (bytes, decoder, queue, done)));
+                }
+                if done {
+                    return None;
+                }
+                match bytes.next().await {
+                    None => {
+                        done = true;
+                        queue.push_back(Err(ProviderError::BadResponse(format!(
+                            "the stream ended before {}",
+                            D::CUT
+                        ))));
+                    }
+                    Some(Err(e)) => {
+                        done = true;
+                        queue.push_back(Err(e));
+                    }
+                    Some(Ok(chunk)) => done = decoder.decode(chunk.as_ref(), &mut queue),
+                }
+            }
+        },
+    )
+}
 
 /// A provider's base URL without its trailing slash, refused unless it is http(s).
 pub(crate) fn base_url(what: &str, raw: &str) -> Result<String, String> {

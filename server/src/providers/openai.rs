@@ -208,82 +208,52 @@ where
     S: futures::Stream<Item = Result<B, ProviderError>> + Send + Unpin + 'static,
     B: AsRef<[u8]>,
 {
-    struct State<S> {
-        bytes: S,
-        parser: SseParser,
-        queue: std::collections::VecDeque<Result<ProviderEvent, ProviderError>>,
-        done: bool,
-    }
-    let state = State {
-        bytes,
-        parser: SseParser::new(),
-        queue: Default::default(),
-        done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(event) = st.queue.pop_front() {
-                return Some((event, st));
+    super::decode_stream(bytes, ChunkReader(SseParser::new()))
+}
+
+/// Chat Completions chunks, as server-sent events ending in `[DONE]`.
+struct ChunkReader(SseParser);
+
+impl super::StreamDecoder for ChunkReader {
+    const CUT: &'static str = "[DONE]";
+
+    fn decode(&mut self, chunk: &[u8], out: &mut super::Events) -> bool {
+        for sse in self.0.push(chunk) {
+            if sse.data.trim() == "[DONE]" {
+                return true;
             }
-            if st.done {
-                return None;
+            let value = match serde_json::from_str::<Value>(&sse.data) {
+                Ok(value) => value,
+                Err(e) => {
+                    out.push_back(Err(ProviderError::BadResponse(format!(
+                        "a stream event is not JSON: {e}"
+                    ))));
+                    return true;
+                }
+            };
+            if let Some(err) = value.get("error") {
+                out.push_back(Err(ProviderError::Unavailable(error_message(
+                    &json!({"error": err}).to_string(),
+                ))));
+                return true;
             }
-            match st.bytes.next().await {
-                None => {
-                    st.done = true;
-                    st.queue.push_back(Err(ProviderError::BadResponse(
-                        "the stream ended before [DONE]".into(),
-                    )));
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    st.queue.push_back(Err(e));
-                }
-                Some(Ok(chunk)) => {
-                    for sse in st.parser.push(chunk.as_ref()) {
-                        if sse.data.trim() == "[DONE]" {
-                            st.done = true;
-                            break;
-                        }
-                        match serde_json::from_str::<Value>(&sse.data) {
-                            Ok(value) => {
-                                if let Some(err) = value.get("error") {
-                                    st.done = true;
-                                    st.queue.push_back(Err(ProviderError::Unavailable(
-                                        error_message(&json!({"error": err}).to_string()),
-                                    )));
-                                    break;
-                                }
-                                if let Some(text) = value
-                                    .pointer("/choices/0/delta/content")
-                                    .and_then(Value::as_str)
-                                    .filter(|t| !t.is_empty())
-                                {
-                                    st.queue.push_back(Ok(ProviderEvent::Text(text.to_owned())));
-                                }
-                                if let Some(reason) = value
-                                    .pointer("/choices/0/finish_reason")
-                                    .and_then(Value::as_str)
-                                {
-                                    st.queue.push_back(Ok(ProviderEvent::Finished(finish_from(
-                                        reason,
-                                    ))));
-                                }
-                                if let Some(usage) = usage_from(&value) {
-                                    st.queue.push_back(Ok(ProviderEvent::Usage(usage)));
-                                }
-                            }
-                            Err(e) => {
-                                st.done = true;
-                                st.queue.push_back(Err(ProviderError::BadResponse(format!(
-                                    "a stream event is not JSON: {e}"
-                                ))));
-                                break;
-                            }
-                        }
-                    }
-                }
+            if let Some(text) = value
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                out.push_back(Ok(ProviderEvent::Text(text.to_owned())));
+            }
+            if let Some(reason) = value
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+            {
+                out.push_back(Ok(ProviderEvent::Finished(finish_from(reason))));
+            }
+            if let Some(usage) = usage_from(&value) {
+                out.push_back(Ok(ProviderEvent::Usage(usage)));
             }
         }
-    })
+        false
+    }
 }
