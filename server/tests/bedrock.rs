@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::ports::{ModelProvider, ProviderError, ProviderEvent, ProviderRequest, Tokenizer};
+use app::ports::{ProviderError, ProviderRequest, Tokenizer};
 use app::service::Models;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -210,6 +210,8 @@ fn ask(model: &str, streamed: bool) -> ProviderRequest {
     }
 }
 
+/// The answer with its usage summed over the reports (message_start and message_delta, or
+/// one metadata event).
 async fn collect(
     p: &BedrockProvider,
     request: ProviderRequest,
@@ -222,20 +224,10 @@ async fn collect(
     ),
     ProviderError,
 > {
-    let mut events = p.start(request).await?;
-    let (mut text, mut usage, mut finish, mut error) =
-        (String::new(), CallUsage::default(), None, None);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(ProviderEvent::Text(t)) => text.push_str(&t),
-            Ok(ProviderEvent::Usage(u)) => usage = usage.plus(u),
-            Ok(ProviderEvent::Finished(f)) => finish = Some(f),
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
+    let (text, usages, finish, error) = common::collect_events(p, request).await?;
+    let usage = usages
+        .into_iter()
+        .fold(CallUsage::default(), CallUsage::plus);
     Ok((text, usage, finish, error))
 }
 

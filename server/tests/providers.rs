@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use app::ports::{ModelProvider, ProviderError, ProviderEvent, ProviderRequest, Tokenizer};
+use app::ports::{ProviderError, ProviderRequest, Tokenizer};
 use app::service::Models;
 use axum::Router;
 use axum::body::Body;
@@ -164,29 +164,8 @@ fn ask(model: &str, stream: bool) -> ProviderRequest {
 async fn collect(
     p: &OpenAiProvider,
     request: ProviderRequest,
-) -> Result<
-    (
-        String,
-        Vec<CallUsage>,
-        Option<FinishReason>,
-        Option<ProviderError>,
-    ),
-    ProviderError,
-> {
-    let mut stream = p.start(request).await?;
-    let (mut text, mut usages, mut finish, mut error) = (String::new(), Vec::new(), None, None);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(ProviderEvent::Text(t)) => text.push_str(&t),
-            Ok(ProviderEvent::Usage(u)) => usages.push(u),
-            Ok(ProviderEvent::Finished(f)) => finish = Some(f),
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
-    Ok((text, usages, finish, error))
+) -> Result<common::Gathered, ProviderError> {
+    common::collect_events(p, request).await
 }
 
 #[tokio::test]

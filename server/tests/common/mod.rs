@@ -211,3 +211,37 @@ pub async fn start_server_logging(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---- model providers ----
+
+/// A provider's answer gathered: the text, each usage it reported, why it finished, and the
+/// error that ended it (if one did).
+pub type Gathered = (
+    String,
+    Vec<domain::CallUsage>,
+    Option<domain::FinishReason>,
+    Option<app::ports::ProviderError>,
+);
+
+/// Starts a call and reads its answer to the end (or to the first error).
+pub async fn collect_events(
+    provider: &dyn app::ports::ModelProvider,
+    request: app::ports::ProviderRequest,
+) -> Result<Gathered, app::ports::ProviderError> {
+    use app::ports::ProviderEvent;
+    use futures::StreamExt;
+    let mut events = provider.start(request).await?;
+    let (mut text, mut usages, mut finish, mut error) = (String::new(), Vec::new(), None, None);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(ProviderEvent::Text(t)) => text.push_str(&t),
+            Ok(ProviderEvent::Usage(u)) => usages.push(u),
+            Ok(ProviderEvent::Finished(f)) => finish = Some(f),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    Ok((text, usages, finish, error))
+}
