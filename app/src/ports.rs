@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::stats::{StatsAnswer, StatsQuery, StatsScope};
 use domain::{
     NewUser, PageInfo, RecordUsage, Role, Scope, TokenLimit, UserId, UserQuery, UserUsage,
 };
@@ -100,6 +101,13 @@ pub trait Ledger: Send + Sync + 'static {
     async fn release(&self, reservation_id: &str) -> Result<bool, LedgerError>;
     /// Releases every hold that expired by `now`; answers how many.
     async fn release_expired(&self, now: DateTime<Utc>) -> Result<u64, LedgerError>;
+    /// Usage statistics of one user or everyone, current to the ledger (events recorded before
+    /// the call are included), every row and the summary, unsorted.
+    async fn usage_stats(
+        &self,
+        query: &StatsQuery,
+        scope: &StatsScope,
+    ) -> Result<StatsAnswer, LedgerError>;
     /// Whether the database answers.
     async fn ping(&self) -> bool;
 }

@@ -11,8 +11,8 @@ use crate::chat::{ChatMessage, FinishReason};
 use crate::math::{UsageLevel, percentage_from_bps};
 use crate::pricing::{CallUsage, picos_to_micros};
 use crate::{
-    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, TokenLimit, UsageSource, UserId,
-    UserUsage, ValidationError,
+    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, TokenLimit, UsageContext,
+    UsageSource, UserId, UserUsage, ValidationError,
 };
 
 /// A user's usage as clients see it.
@@ -202,6 +202,12 @@ pub struct RecordUsageBody {
     pub output_tokens: Option<i64>,
     #[serde(default)]
     pub model: Option<String>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub prompt_id: Option<String>,
 }
 
 impl RecordUsageBody {
@@ -212,7 +218,12 @@ impl RecordUsageBody {
         idempotency_key: IdempotencyKey,
     ) -> Result<RecordUsage, ValidationError> {
         let model = self.model.as_deref().map(ModelName::parse).transpose()?;
-        RecordUsage::new(
+        let context = UsageContext::parse(
+            self.conversation_id.as_deref(),
+            self.agent_id.as_deref(),
+            self.prompt_id.as_deref(),
+        )?;
+        Ok(RecordUsage::new(
             user_id,
             self.tokens_consumed,
             self.input_tokens,
@@ -220,7 +231,8 @@ impl RecordUsageBody {
             model,
             source,
             idempotency_key,
-        )
+        )?
+        .with_context(context))
     }
 }
 

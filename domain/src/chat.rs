@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelName, UserId, ValidationError};
+use crate::{ModelName, UsageContext, UserId, ValidationError};
 
 /// Who wrote a message of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -128,6 +128,13 @@ pub struct InvokeBody {
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Group the call's usage under a conversation, an agent and a prompt of the caller's.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub prompt_id: Option<String>,
 }
 
 /// A model call as validated: who pays, what is asked, of which model, how long the answer may be.
@@ -138,6 +145,7 @@ pub struct InvokeRequest {
     pub model: Option<ModelName>,
     pub max_tokens: Option<u64>,
     pub stream: bool,
+    pub context: UsageContext,
 }
 
 impl InvokeBody {
@@ -163,12 +171,18 @@ impl InvokeBody {
         };
         let model = self.model.as_deref().map(ModelName::parse).transpose()?;
         let max_tokens = self.max_tokens.map(validate_max_tokens).transpose()?;
+        let context = UsageContext::parse(
+            self.conversation_id.as_deref(),
+            self.agent_id.as_deref(),
+            self.prompt_id.as_deref(),
+        )?;
         Ok(InvokeRequest {
             user_id,
             conversation,
             model,
             max_tokens,
             stream: self.stream.unwrap_or(false),
+            context,
         })
     }
 }

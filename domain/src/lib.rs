@@ -13,6 +13,7 @@ pub mod pricing;
 pub mod rollup;
 pub mod sort;
 pub mod sse;
+pub mod stats;
 pub mod usage;
 pub mod user;
 
@@ -26,5 +27,7 @@ pub use listing::{PageInfo, UserQuery, matches_filter, page_bounds, query_users}
 pub use math::{UsageLevel, remaining_tokens, used_basis_points};
 pub use pricing::{CallUsage, ModelPrice, PriceConfig, PriceTable, format_usd, picos_to_micros};
 pub use sort::{SortDirection, UserSortKey, sort_users};
-pub use usage::{IdempotencyKey, ModelName, RecordUsage, TokenAmount, UsageSource};
+pub use usage::{
+    ContextId, IdempotencyKey, ModelName, RecordUsage, TokenAmount, UsageContext, UsageSource,
+};
 pub use user::{DisplayName, NewUser, TokenLimit, UserId, UserUsage};

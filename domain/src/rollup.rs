@@ -42,9 +42,25 @@ impl Period {
         }
     }
 
+    /// The last day of the period that starts on `bucket`.
+    pub fn last_day(self, bucket: NaiveDate) -> NaiveDate {
+        match self {
+            Self::Day => bucket,
+            Self::Week => bucket.checked_add_days(Days::new(6)).unwrap_or(bucket),
+            Self::Month => bucket
+                .checked_add_months(chrono::Months::new(1))
+                .and_then(|next| next.pred_opt())
+                .unwrap_or(bucket),
+        }
+    }
+
     /// The first day of the period that contains `at`.
     pub fn bucket(self, at: DateTime<Utc>) -> NaiveDate {
-        let day = at.date_naive();
+        self.bucket_of_day(at.date_naive())
+    }
+
+    /// The first day of the period that contains `day`.
+    pub fn bucket_of_day(self, day: NaiveDate) -> NaiveDate {
         match self {
             Self::Day => day,
             Self::Week => day
@@ -67,6 +83,179 @@ pub struct EventFacts {
     pub model: Option<String>,
     pub conversation: Option<String>,
     pub agent: Option<String>,
+    pub prompt: Option<String>,
+}
+
+impl EventFacts {
+    /// An event's input and output tokens from its total and the parts the reporter knew:
+    /// an unknown part is what the known one leaves, and with neither known it all counts as
+    /// input (as for pricing). The two always add up to the total.
+    pub fn split(total: u64, input: Option<u64>, output: Option<u64>) -> (u64, u64) {
+        match (input, output) {
+            (_, Some(o)) => (total.saturating_sub(o), o.min(total)),
+            (Some(i), None) => (i.min(total), total - i.min(total)),
+            (None, None) => (total, 0),
+        }
+    }
+
+    /// The value of one dimension, if the event has it.
+    pub fn value_of(&self, dimension: Dimension) -> Option<&str> {
+        match dimension {
+            Dimension::Conversation => self.conversation.as_deref(),
+            Dimension::Agent => self.agent.as_deref(),
+            Dimension::Model => self.model.as_deref(),
+            Dimension::Prompt => self.prompt.as_deref(),
+        }
+    }
+}
+
+/// What else than time usage is grouped by: the ids events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Conversation,
+    Agent,
+    Model,
+    Prompt,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 4] = [
+        Dimension::Conversation,
+        Dimension::Agent,
+        Dimension::Model,
+        Dimension::Prompt,
+    ];
+
+    /// The code stored in the database.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Conversation => "c",
+            Self::Agent => "a",
+            Self::Model => "m",
+            Self::Prompt => "p",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.code() == code)
+    }
+}
+
+/// The additive part of a rollup: what a batch of events adds to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_picos: u64,
+    pub messages: u64,
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
+impl Sums {
+    pub fn add_event(&mut self, e: &EventFacts) {
+        self.input_tokens += e.input_tokens;
+        self.output_tokens += e.output_tokens;
+        self.total_tokens += e.total_tokens;
+        self.cost_picos += e.cost_picos;
+        self.messages += 1;
+        self.last_activity = self.last_activity.max(Some(e.at));
+    }
+
+    pub fn merge(&mut self, other: &Sums) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+        self.cost_picos += other.cost_picos;
+        self.messages += other.messages;
+        self.last_activity = self.last_activity.max(other.last_activity);
+    }
+}
+
+/// The member value standing for "events without this dimension".
+pub const NO_VALUE: &str = "";
+
+/// (user, period, first day of the period, dimension, value): one conversation, agent, model or
+/// prompt seen in a rollup, with its own sums.
+pub type MemberKey = (String, Period, NaiveDate, Dimension, String);
+
+/// What a batch of events adds to the stored rollups. The aggregator folds each batch of new
+/// ledger events into one delta and applies it in one transaction; distinct counts are then the
+/// number of members a rollup has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollupDelta {
+    pub rollups: BTreeMap<RollupKey, Sums>,
+    pub members: BTreeMap<MemberKey, Sums>,
+}
+
+impl RollupDelta {
+    pub fn of(events: &[EventFacts]) -> Self {
+        let mut delta = Self::default();
+        for e in events {
+            delta.add(e);
+        }
+        delta
+    }
+
+    pub fn add(&mut self, e: &EventFacts) {
+        for period in Period::ALL {
+            let bucket = period.bucket(e.at);
+            self.rollups
+                .entry((e.user_id.clone(), period, bucket))
+                .or_default()
+                .add_event(e);
+            // Events without a value are kept under "" (never a valid id), so a grouping by
+            // model still adds up to the whole; distinct counts skip it.
+            for dimension in Dimension::ALL {
+                let value = e.value_of(dimension).unwrap_or(NO_VALUE);
+                self.members
+                    .entry((
+                        e.user_id.clone(),
+                        period,
+                        bucket,
+                        dimension,
+                        value.to_owned(),
+                    ))
+                    .or_default()
+                    .add_event(e);
+            }
+        }
+    }
+
+    /// Adds another delta (a later batch) to this one.
+    pub fn merge(&mut self, other: &RollupDelta) {
+        for (key, sums) in &other.rollups {
+            self.rollups.entry(key.clone()).or_default().merge(sums);
+        }
+        for (key, sums) in &other.members {
+            self.members.entry(key.clone()).or_default().merge(sums);
+        }
+    }
+
+    /// The full rollups this delta amounts to, applied to nothing: sums, with distinct counts
+    /// from the members.
+    pub fn to_rollups(&self) -> BTreeMap<RollupKey, Rollup> {
+        let mut out: BTreeMap<RollupKey, Rollup> = self
+            .rollups
+            .iter()
+            .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
+            .collect();
+        for (user, period, bucket, dimension, value) in self.members.keys() {
+            if value == NO_VALUE {
+                continue;
+            }
+            if let Some(r) = out.get_mut(&(user.clone(), *period, *bucket)) {
+                match dimension {
+                    Dimension::Conversation => r.conversations += 1,
+                    Dimension::Agent => r.agents += 1,
+                    Dimension::Model => r.models += 1,
+                    Dimension::Prompt => {}
+                }
+            }
+        }
+        out
+    }
 }
 
 /// One user's sums over one period.
@@ -82,6 +271,21 @@ pub struct Rollup {
     pub agents: u64,
     pub models: u64,
     pub last_activity: Option<DateTime<Utc>>,
+}
+
+impl Rollup {
+    /// A rollup with these sums and no distinct counts yet.
+    pub fn from_sums(s: &Sums) -> Self {
+        Self {
+            input_tokens: s.input_tokens,
+            output_tokens: s.output_tokens,
+            total_tokens: s.total_tokens,
+            cost_picos: s.cost_picos,
+            messages: s.messages,
+            last_activity: s.last_activity,
+            ..Self::default()
+        }
+    }
 }
 
 /// (user, period, first day of the period)
@@ -114,4 +318,22 @@ pub fn rollups_of(events: &[EventFacts]) -> BTreeMap<RollupKey, Rollup> {
             (key, r)
         })
         .collect()
+}
+
+/// A day range cut into batches of at most `days` days, in order, covering it exactly.
+pub fn day_batches(from: NaiveDate, to: NaiveDate, days: u32) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut batches = Vec::new();
+    let mut start = from;
+    while start <= to {
+        let end = start
+            .checked_add_days(Days::new(days.max(1) as u64 - 1))
+            .unwrap_or(to)
+            .min(to);
+        batches.push((start, end));
+        match end.succ_opt() {
+            Some(next) => start = next,
+            None => break,
+        }
+    }
+    batches
 }

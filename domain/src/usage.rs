@@ -111,6 +111,64 @@ impl From<ModelName> for String {
     }
 }
 
+/// An id the caller gives a conversation, an agent or a prompt, to group usage by it:
+/// 1–128 printable characters (no control characters), kept as given.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String")]
+pub struct ContextId(String);
+
+impl ContextId {
+    pub const MAX_LEN: usize = 128;
+
+    /// `field` names the JSON field in the error, e.g. `conversationId`.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ValidationError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > Self::MAX_LEN || raw.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                field,
+                &format!("invalid_{}", snake_case(field)),
+                format!("{field} must be 1 to 128 characters, with no line breaks or tabs."),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<ContextId> for String {
+    fn from(value: ContextId) -> Self {
+        value.0
+    }
+}
+
+/// What a use belonged to, when the caller says: its conversation, agent and prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UsageContext {
+    pub conversation_id: Option<ContextId>,
+    pub agent_id: Option<ContextId>,
+    pub prompt_id: Option<ContextId>,
+}
+
+impl UsageContext {
+    /// Validates the three optional ids as they arrive in a request body.
+    pub fn parse(
+        conversation_id: Option<&str>,
+        agent_id: Option<&str>,
+        prompt_id: Option<&str>,
+    ) -> Result<Self, ValidationError> {
+        let id =
+            |field: &str, raw: Option<&str>| raw.map(|r| ContextId::parse(field, r)).transpose();
+        Ok(Self {
+            conversation_id: id("conversationId", conversation_id)?,
+            agent_id: id("agentId", agent_id)?,
+            prompt_id: id("promptId", prompt_id)?,
+        })
+    }
+}
+
 /// Makes a retried request record nothing twice: 1–200 visible ASCII characters, unique per user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdempotencyKey(String);
@@ -186,6 +244,8 @@ pub struct RecordUsage {
     pub reasoning_tokens: u64,
     /// What the use cost, in pico-dollars (0 when the model has no price).
     pub cost_picos: u64,
+    /// Its conversation, agent and prompt, when known.
+    pub context: UsageContext,
 }
 
 impl RecordUsage {
@@ -242,6 +302,7 @@ impl RecordUsage {
             cache_write_tokens: 0,
             reasoning_tokens: 0,
             cost_picos: 0,
+            context: UsageContext::default(),
         })
     }
 
@@ -270,6 +331,12 @@ impl RecordUsage {
         Ok(record)
     }
 
+    /// The same use, belonging to this conversation, agent and prompt.
+    pub fn with_context(mut self, context: UsageContext) -> Self {
+        self.context = context;
+        self
+    }
+
     /// The split as a call's usage, for pricing: unknown parts count as input.
     pub fn as_call_usage(&self) -> CallUsage {
         let total = self.tokens.get();
@@ -292,5 +359,6 @@ impl RecordUsage {
             && self.input_tokens == other.input_tokens
             && self.output_tokens == other.output_tokens
             && self.model == other.model
+            && self.context == other.context
     }
 }

@@ -186,7 +186,7 @@ proptest! {
     /// Property 18: usage reports with non-positive, oversized or inconsistent numbers are rejected.
     #[test]
     fn usage_report_validation(tokens in any::<i64>(), input in proptest::option::of(any::<i64>()), output in proptest::option::of(any::<i64>())) {
-        let body = RecordUsageBody { tokens_consumed: tokens, input_tokens: input, output_tokens: output, model: None };
+        let body = RecordUsageBody { tokens_consumed: tokens, input_tokens: input, output_tokens: output, model: None, conversation_id: None, agent_id: None, prompt_id: None };
         let id = UserId::parse("u").expect("valid");
         let result = body.validate(id, UsageSource::Api, key());
         let part_ok = |p: Option<i64>| p.is_none_or(|v| (0..=1_000_000_000).contains(&v));

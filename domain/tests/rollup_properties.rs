@@ -1,7 +1,7 @@
 //! Properties of periods and rollups (the reference the store's aggregator will be held to).
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
-use domain::rollup::{EventFacts, Period, rollups_of};
+use domain::rollup::{EventFacts, Period, RollupDelta, rollups_of};
 use proptest::prelude::*;
 
 fn moment() -> impl Strategy<Value = DateTime<Utc>> {
@@ -20,9 +20,10 @@ fn event() -> impl Strategy<Value = EventFacts> {
         proptest::option::of(0u8..3),
         proptest::option::of(0u8..5),
         proptest::option::of(0u8..3),
+        proptest::option::of(0u8..4),
     )
         .prop_map(
-            |(user, at, input, output, cost, model, conversation, agent)| EventFacts {
+            |(user, at, input, output, cost, model, conversation, agent, prompt)| EventFacts {
                 user_id: format!("u{user}"),
                 at,
                 input_tokens: input,
@@ -32,6 +33,7 @@ fn event() -> impl Strategy<Value = EventFacts> {
                 model: model.map(|m| format!("m{m}")),
                 conversation: conversation.map(|c| format!("c{c}")),
                 agent: agent.map(|a| format!("a{a}")),
+                prompt: prompt.map(|p| format!("p{p}")),
             },
         )
 }
@@ -81,6 +83,46 @@ proptest! {
         }
         events.reverse();
         prop_assert_eq!(rollups_of(&events), rollups);
+    }
+
+    /// The aggregator's way: events folded batch by batch (any cut) into deltas that are added
+    /// up gives the same rollups as computing them from scratch.
+    #[test]
+    fn deltas_in_any_batches_add_up_to_the_reference(
+        events in proptest::collection::vec(event(), 0..80),
+        cuts in proptest::collection::vec(0usize..80, 0..6),
+    ) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+        cuts.push(0);
+        cuts.push(events.len());
+        cuts.sort_unstable();
+        let mut total = RollupDelta::default();
+        for pair in cuts.windows(2) {
+            total.merge(&RollupDelta::of(&events[pair[0]..pair[1]]));
+        }
+        prop_assert_eq!(total.to_rollups(), rollups_of(&events));
+    }
+
+    /// A split always adds up to the total and keeps a known output.
+    #[test]
+    fn splits_add_up(total in 0u64..1_000_000, input in proptest::option::of(0u64..1_000_000), output in proptest::option::of(0u64..1_000_000)) {
+        let input = input.map(|i| i.min(total));
+        let output = output.map(|o| o.min(total - input.unwrap_or(0)));
+        let (i, o) = EventFacts::split(total, input, output);
+        prop_assert_eq!(i + o, total);
+        if let Some(known) = output { prop_assert_eq!(o, known); }
+        if let (Some(known), None) = (input, output) { prop_assert_eq!(i, known); }
+    }
+
+    /// A period's last day is in the same period and the next day starts the next one.
+    #[test]
+    fn last_days_end_their_periods(at in moment()) {
+        for period in Period::ALL {
+            let bucket = period.bucket(at);
+            let last = period.last_day(bucket);
+            prop_assert_eq!(period.bucket_of_day(last), bucket);
+            prop_assert_eq!(period.bucket_of_day(last.succ_opt().unwrap()), last.succ_opt().unwrap());
+        }
     }
 }
 

@@ -78,3 +78,38 @@ pub struct CreateApiKeyArgs {
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
 }
+
+/// `tokenmeter backfill`
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// First day to rebuild (YYYY-MM-DD, UTC).
+    #[arg(long, value_parser = parse_day)]
+    pub from: chrono::NaiveDate,
+    /// Last day to rebuild (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long, value_parser = parse_day)]
+    pub to: chrono::NaiveDate,
+    /// Days per batch (one transaction each).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub batch_days: u32,
+}
+
+/// `tokenmeter verify-rollups`
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long, value_parser = parse_day)]
+    pub from: chrono::NaiveDate,
+    #[arg(long, value_parser = parse_day)]
+    pub to: chrono::NaiveDate,
+    /// Rebuild the rollups that differ.
+    #[arg(long, default_value_t = false)]
+    pub repair: bool,
+}
+
+fn parse_day(raw: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| format!("{raw:?} is not a date written YYYY-MM-DD"))
+}

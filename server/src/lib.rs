@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod jobs;
 pub mod providers;
 pub mod store;
 pub mod web;

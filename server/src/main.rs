@@ -6,11 +6,13 @@ use app::service::AuthSettings;
 use clap::{Parser, Subcommand};
 use domain::api::CreateApiKeyBody;
 use domain::{TokenLimit, UserId};
-use tokenmeter_server::config::{CreateAdminArgs, CreateApiKeyArgs, DbArgs, ServeArgs};
+use tokenmeter_server::config::{
+    BackfillArgs, CreateAdminArgs, CreateApiKeyArgs, DbArgs, ServeArgs, VerifyArgs,
+};
 use tokenmeter_server::http::auth::AuthLayerConfig;
 use tokenmeter_server::store::Db;
 use tokenmeter_server::web::{WebConfig, build_app, leptos_options};
-use tokenmeter_server::{demo, open_services};
+use tokenmeter_server::{demo, jobs, open_services};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -38,6 +40,11 @@ enum Command {
     CreateAdmin(CreateAdminArgs),
     /// Create an API key for a user and print it, once (for scripts and CI).
     CreateApiKey(CreateApiKeyArgs),
+    /// Rebuild the usage rollups of a range of days from the ledger, in batches, then verify
+    /// them; running it twice gives the same rollups as once.
+    Backfill(BackfillArgs),
+    /// Check the usage rollups of a range of days against the ledger; exit 1 on a difference.
+    VerifyRollups(VerifyArgs),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,6 +67,8 @@ async fn main() -> ExitCode {
         Command::Audit(args) => audit(args).await,
         Command::CreateAdmin(args) => create_admin(args).await,
         Command::CreateApiKey(args) => create_api_key(args).await,
+        Command::Backfill(args) => backfill(args).await,
+        Command::VerifyRollups(args) => verify_rollups(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,7 +105,9 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if args.seed_demo {
         report_seed(demo::seed_demo(&ledger).await?);
     }
-    tokio::spawn(release_expired_reservations(ledger.clone()));
+    tokio::spawn(jobs::release_expired_reservations(ledger.clone()));
+    tokio::spawn(jobs::aggregate_rollups(ledger.clone()));
+    tokio::spawn(jobs::nightly_rollup_check(ledger.clone()));
     let app = build_app(
         services,
         WebConfig {
@@ -118,21 +129,6 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     .with_graceful_shutdown(shutdown_signal())
     .await?;
     Ok(())
-}
-
-/// The expiry job: every 30 s, holds of calls that never ended (a crashed server, a lost
-/// connection) are given back.
-async fn release_expired_reservations(ledger: std::sync::Arc<tokenmeter_server::store::SqlLedger>) {
-    use app::ports::Ledger;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-    loop {
-        tick.tick().await;
-        match ledger.release_expired(chrono::Utc::now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(released = n, "expired reservations released"),
-            Err(e) => tracing::warn!(%e, "could not release expired reservations"),
-        }
-    }
 }
 
 async fn create_admin(args: CreateAdminArgs) -> Result<(), BoxError> {
@@ -197,6 +193,110 @@ async fn audit(args: DbArgs) -> Result<(), BoxError> {
         Ok(())
     } else {
         Err("the ledger and the counters disagree".into())
+    }
+}
+
+async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
+    if args.from > args.to {
+        return Err(format!(
+            "--from ({}) must be on or before --to ({})",
+            args.from, args.to
+        )
+        .into());
+    }
+    let (_, ledger) = open_services(&args.db.database_url, AuthSettings::default()).await?;
+    let started = std::time::Instant::now();
+    // Everything recorded so far first, so the rebuild sees the whole ledger.
+    let caught_up = ledger.catch_up_fully().await?;
+    if caught_up > 0 {
+        eprintln!("aggregated {caught_up} new events first");
+    }
+    let batches = domain::rollup::day_batches(args.from, args.to, args.batch_days);
+    let mut events = 0u64;
+    let mut rollups = 0u64;
+    for (n, (from, to)) in batches.iter().enumerate() {
+        let rebuilt = ledger.rebuild_rollups(*from, *to).await?;
+        events += rebuilt.events;
+        rollups += rebuilt.rollups;
+        progress(
+            n + 1,
+            batches.len(),
+            &format!("{from}..{to}: {} events", rebuilt.events),
+        );
+    }
+    eprintln!();
+    println!(
+        "rebuilt {rollups} rollups from {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut differences = 0;
+    for (from, to) in &batches {
+        let v = ledger.verify_rollups(*from, *to, false).await?;
+        differences += report_verification(&v);
+    }
+    if differences == 0 {
+        println!(
+            "verified: every rollup from {} to {} matches the ledger",
+            args.from, args.to
+        );
+        Ok(())
+    } else {
+        Err(format!("{differences} rollups differ from the ledger").into())
+    }
+}
+
+/// A one-line progress bar on stderr.
+fn progress(done: usize, total: usize, label: &str) {
+    const WIDTH: usize = 30;
+    let filled = WIDTH * done / total.max(1);
+    eprint!(
+        "\r[{}{}] {done}/{total} {label}\x1b[K",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    );
+}
+
+/// Prints each difference; answers how many.
+fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
+    for d in &v.differences {
+        let show = |r: &Option<domain::rollup::Rollup>| match r {
+            Some(r) => format!(
+                "{} tokens, {} messages, {} picodollars",
+                r.total_tokens, r.messages, r.cost_picos
+            ),
+            None => "nothing".to_owned(),
+        };
+        println!(
+            "DIFFERS {} {} {}: stored {}, ledger {}",
+            d.user_id,
+            d.period.as_str(),
+            d.bucket,
+            show(&d.stored),
+            show(&d.expected)
+        );
+    }
+    v.differences.len()
+}
+
+async fn verify_rollups(args: VerifyArgs) -> Result<(), BoxError> {
+    let (_, ledger) = open_services(&args.db.database_url, AuthSettings::default()).await?;
+    ledger.catch_up_fully().await?;
+    let v = ledger
+        .verify_rollups(args.from, args.to, args.repair)
+        .await?;
+    let differences = report_verification(&v);
+    println!(
+        "checked {} rollups over {} events from {} to {}",
+        v.rollups, v.events, args.from, args.to
+    );
+    if differences == 0 {
+        println!("verified: the rollups match the ledger");
+        Ok(())
+    } else if v.repaired {
+        println!("repaired: {differences} rollups were rebuilt from the ledger");
+        Ok(())
+    } else {
+        Err(format!("{differences} rollups differ from the ledger (run with --repair)").into())
     }
 }
 

@@ -346,6 +346,7 @@ impl Services {
             user_id,
             entry,
             reservation_id,
+            context: request.context,
             estimate,
             started,
             deadline: tokio::time::Instant::now() + self.models.call_timeout,
@@ -361,6 +362,8 @@ struct Call {
     user_id: UserId,
     entry: ModelEntry,
     reservation_id: String,
+    /// The conversation, agent and prompt the caller named, recorded with the usage.
+    context: domain::UsageContext,
     /// The prompt's tokens as counted here: what is recorded when the provider reports nothing.
     estimate: u64,
     started: Instant,
@@ -488,7 +491,8 @@ impl Call {
             self.entry.model.clone(),
             cost,
             key,
-        )?;
+        )?
+        .with_context(self.context.clone());
         let mut attempt = 0;
         loop {
             match ledger

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod invoke;
+pub mod stats;
 
 use std::sync::Arc;
 

@@ -119,6 +119,9 @@ struct CompletionRequest {
     /// Whose budget pays, for admin keys (OpenAI's `user` field): the key's owner otherwise.
     #[serde(default)]
     user: Option<String>,
+    /// OpenAI's request metadata; `conversation_id`, `agent_id` and `prompt_id` group the usage.
+    #[serde(default)]
+    metadata: Option<std::collections::HashMap<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +202,20 @@ async fn chat_completions(
         model: request.model.as_deref().map(ModelName::parse).transpose()?,
         max_tokens,
         stream,
+        context: {
+            let meta = |key: &str| {
+                request
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+            };
+            domain::UsageContext::parse(
+                meta("conversation_id"),
+                meta("agent_id"),
+                meta("prompt_id"),
+            )?
+        },
     };
     let call = services.invoke(&caller, invoke).await?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());

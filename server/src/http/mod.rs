@@ -6,6 +6,7 @@ mod calls;
 mod error;
 mod extract;
 pub mod gateway;
+mod stats;
 
 use std::collections::HashMap;
 
@@ -43,6 +44,8 @@ pub fn api_router(services: Services) -> Router {
         .route("/invoke", post(calls::invoke))
         .route("/estimate", post(calls::estimate))
         .route("/models", get(calls::models))
+        .route("/usage/stats", get(stats::usage_stats))
+        .route("/usage/export.csv", get(stats::export_csv))
         .fallback(|| async { error::not_found_route() })
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(services.clone());

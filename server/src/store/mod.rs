@@ -7,6 +7,7 @@
 mod accounts;
 mod auth;
 mod reservations;
+mod rollups;
 mod usage;
 
 use std::str::FromStr;
@@ -16,11 +17,13 @@ use std::time::Duration;
 use app::ports::{Ledger, LedgerError, Recorded, Reserved};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::stats::{StatsAnswer, StatsQuery, StatsScope};
 use domain::{NewUser, PageInfo, RecordUsage, TokenLimit, UserId, UserQuery, UserUsage};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+pub use rollups::{Cursor, Rebuilt, RollupDifference, Verification};
 pub use usage::{LedgerAudit, WriterConfig};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -52,6 +55,11 @@ impl Dialect {
         }
     }
 }
+
+/// Aggregator batches a reader runs before answering at most (see [`SqlLedger::catch_up`]).
+const CATCH_UP_BATCHES: usize = 5;
+/// How long a reader waits at most for transactions still in flight (see [`SqlLedger::catch_up`]).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// A connection pool and the database it talks to.
 #[derive(Clone, Debug)]
@@ -156,6 +164,20 @@ pub(crate) async fn detached<T: Send + 'static>(
         .map_err(|e| LedgerError::Internal(format!("transaction task failed: {e}")))?
 }
 
+/// Starts a write transaction: on SQLite the write lock is taken up front (a deferred transaction
+/// that reads first may fail to become the writer).
+pub(crate) async fn begin_write(
+    dialect: Dialect,
+    conn: &mut sqlx::AnyConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Any>, LedgerError> {
+    use sqlx::Connection;
+    let begin = match dialect {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    conn.begin_with(begin).await.map_err(ledger_error)
+}
+
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -208,6 +230,95 @@ impl SqlLedger {
         let mut audit = usage::audit(&self.db).await?;
         audit.reservation_mismatches = reservations::audit(&self.db).await?;
         Ok(audit)
+    }
+
+    /// Folds every event recorded so far into the rollups (a bounded number of batches, so a
+    /// reader is never held up for long by a huge backlog); answers how many events.
+    ///
+    /// On Postgres an event can be readable while an older transaction (of any database on the
+    /// server) is still running; the aggregator waits for those (see `rollups`), so this waits
+    /// for them too, a second at most.
+    pub async fn catch_up(&self) -> Result<u64, LedgerError> {
+        let mut total = 0;
+        let mut batches = 0;
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        while batches < CATCH_UP_BATCHES && rollups::behind(&self.db).await? {
+            let n = rollups::aggregate_step(&self.db, rollups::AGGREGATE_BATCH).await?;
+            total += n as u64;
+            if n > 0 {
+                batches += 1;
+            } else if tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            } else {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One aggregator step: folds at most `limit` new events into the rollups, in one
+    /// transaction with the cursor; answers how many.
+    pub async fn aggregate_once(&self, limit: i64) -> Result<usize, LedgerError> {
+        rollups::aggregate_step(&self.db, limit).await
+    }
+
+    /// Folds every event recorded so far, however many (for the CLI and tests).
+    pub async fn catch_up_fully(&self) -> Result<u64, LedgerError> {
+        let mut total = 0;
+        let mut idle_rounds = 0;
+        loop {
+            let n = self.catch_up().await?;
+            total += n;
+            idle_rounds = if n == 0 { idle_rounds + 1 } else { 0 };
+            // Still behind after waiting twice: a transaction elsewhere stays open; stop here.
+            if idle_rounds >= 2 || !rollups::behind(&self.db).await? {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Replaces the rollups of every bucket the day range touches by ones computed from the
+    /// ledger (one transaction).
+    pub async fn rebuild_rollups(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Rebuilt, LedgerError> {
+        rollups::rebuild(&self.db, from, to).await
+    }
+
+    /// Checks the rollups of the buckets the day range touches against the ledger; with
+    /// `repair`, rebuilds them when any differs.
+    pub async fn verify_rollups(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+        repair: bool,
+    ) -> Result<Verification, LedgerError> {
+        rollups::verify(&self.db, from, to, repair).await
+    }
+
+    /// The nightly check: verifies (and repairs) every day from the one after the last
+    /// verified day — or `yesterday` alone the first time — through `yesterday`, so days missed
+    /// while the server was down are checked too. Answers the days checked and what was found.
+    pub async fn nightly_check(
+        &self,
+        yesterday: chrono::NaiveDate,
+    ) -> Result<Option<(chrono::NaiveDate, Verification)>, LedgerError> {
+        self.catch_up().await?;
+        let from = match rollups::verified_through(&self.db).await? {
+            Some(done) if done >= yesterday => return Ok(None),
+            Some(done) => done.succ_opt().unwrap_or(yesterday),
+            None => yesterday,
+        };
+        let verification = rollups::verify(&self.db, from, yesterday, true).await?;
+        rollups::set_verified_through(&self.db, yesterday).await?;
+        Ok(Some((from, verification)))
+    }
+
+    /// Where the aggregator is and when it last moved.
+    pub async fn rollup_cursor(&self) -> Result<(Cursor, DateTime<Utc>), LedgerError> {
+        rollups::cursor_position(&self.db).await
     }
 
     /// Records reports that happened at the given times (seeding, imports), with the same
@@ -294,6 +405,15 @@ impl Ledger for SqlLedger {
 
     async fn release_expired(&self, now: DateTime<Utc>) -> Result<u64, LedgerError> {
         reservations::release_expired(&self.db, micros(now)).await
+    }
+
+    async fn usage_stats(
+        &self,
+        query: &StatsQuery,
+        scope: &StatsScope,
+    ) -> Result<StatsAnswer, LedgerError> {
+        self.catch_up().await?;
+        rollups::stats(&self.db, query, scope).await
     }
 
     async fn ping(&self) -> bool {

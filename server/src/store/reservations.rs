@@ -19,25 +19,12 @@ use std::collections::BTreeMap;
 
 use app::ports::{LedgerError, Recorded, Reserved};
 use domain::{RecordUsage, UserId};
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::Row;
 
 use super::accounts::{self, usage_from_row};
-use super::{Db, Dialect, detached, from_micros, ledger_error};
+use super::{Db, begin_write, detached, from_micros, ledger_error};
 
 const ACCOUNT_COLUMNS: &str = "account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at";
-
-/// Starts a write transaction: on SQLite the write lock is taken up front (a deferred transaction
-/// that reads first may fail to become the writer).
-async fn begin_write(
-    dialect: Dialect,
-    conn: &mut AnyConnection,
-) -> Result<sqlx::Transaction<'_, sqlx::Any>, LedgerError> {
-    let begin = match dialect {
-        Dialect::Sqlite => "BEGIN IMMEDIATE",
-        Dialect::Postgres => "BEGIN",
-    };
-    conn.begin_with(begin).await.map_err(ledger_error)
-}
 
 pub(super) async fn reserve(
     db: &Db,
@@ -171,8 +158,8 @@ pub(super) async fn settle(
         let event_id: i64 = sqlx::query(
             "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
              idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
-             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos, conversation_id, agent_id, prompt_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
              RETURNING usage_event_id",
         )
         .bind(account)
@@ -190,6 +177,9 @@ pub(super) async fn settle(
         .bind(usage.cache_write_tokens as i64)
         .bind(usage.reasoning_tokens as i64)
         .bind(cost)
+        .bind(usage.context.conversation_id.as_ref().map(|c| c.as_str()))
+        .bind(usage.context.agent_id.as_ref().map(|c| c.as_str()))
+        .bind(usage.context.prompt_id.as_ref().map(|c| c.as_str()))
         .fetch_one(&mut *tx)
         .await
         .map_err(ledger_error)?

@@ -180,6 +180,7 @@ struct StoredEvent {
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     model: Option<String>,
+    context: [Option<String>; 3],
     tokens_used_after: i64,
     lifetime_tokens_after: i64,
     token_limit_at: i64,
@@ -194,6 +195,11 @@ impl StoredEvent {
             input_tokens: row.try_get("input_tokens")?,
             output_tokens: row.try_get("output_tokens")?,
             model: row.try_get("model")?,
+            context: [
+                row.try_get("conversation_id")?,
+                row.try_get("agent_id")?,
+                row.try_get("prompt_id")?,
+            ],
             tokens_used_after: row.try_get("tokens_used_after")?,
             lifetime_tokens_after: row.try_get("lifetime_tokens_after")?,
             token_limit_at: row.try_get("token_limit_at")?,
@@ -206,6 +212,13 @@ impl StoredEvent {
             && self.input_tokens == usage.input_tokens.map(|v| v as i64)
             && self.output_tokens == usage.output_tokens.map(|v| v as i64)
             && self.model.as_deref() == usage.model.as_ref().map(|m| m.as_str())
+            && self.context
+                == [
+                    &usage.context.conversation_id,
+                    &usage.context.agent_id,
+                    &usage.context.prompt_id,
+                ]
+                .map(|c| c.as_ref().map(|c| c.as_str().to_owned()))
     }
 
     /// The first result again: the user as they were right after this event.
@@ -269,7 +282,7 @@ async fn write_batch(
         keys.dedup();
         let sql = format!(
             "SELECT usage_event_id, account_id, idempotency_key, tokens, input_tokens, output_tokens, model, \
-             tokens_used_after, lifetime_tokens_after, token_limit_at, created_at \
+             conversation_id, agent_id, prompt_id, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at \
              FROM usage_event WHERE idempotency_key IN ({})",
             placeholders(1, keys.len())
         );
@@ -435,7 +448,8 @@ async fn write_batch(
         let mut sql = String::from(
             "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
              idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
-             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos) VALUES ",
+             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos, conversation_id, agent_id, \
+             prompt_id) VALUES ",
         );
         for (n, _) in chunk.iter().enumerate() {
             if n > 0 {
@@ -467,7 +481,10 @@ async fn write_batch(
                 .bind(u.cached_tokens as i64)
                 .bind(u.cache_write_tokens as i64)
                 .bind(u.reasoning_tokens as i64)
-                .bind(u.cost_picos as i64);
+                .bind(u.cost_picos as i64)
+                .bind(u.context.conversation_id.as_ref().map(|c| c.as_str()))
+                .bind(u.context.agent_id.as_ref().map(|c| c.as_str()))
+                .bind(u.context.prompt_id.as_ref().map(|c| c.as_str()));
         }
         let rows = query.fetch_all(&mut *tx).await?;
         if rows.len() != chunk.len() {
@@ -558,14 +575,14 @@ async fn write_batch(
 const UPDATE_CHUNK: usize = 256;
 
 /// Parameters per inserted event.
-const EVENT_PARAMS: usize = 15;
+const EVENT_PARAMS: usize = 18;
 
-/// Rows per multi-row INSERT: 15 parameters each stays well under both databases' limits
+/// Rows per multi-row INSERT: 18 parameters each stays well under both databases' limits
 /// (SQLite 32,766; Postgres 65,535).
 const INSERT_CHUNK: usize = 256;
 
 /// `$first, $first+1, …` (count of them).
-fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()

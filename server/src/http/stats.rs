@@ -1,0 +1,72 @@
+//! `GET /api/usage/stats` and `GET /api/usage/export.csv`.
+
+use std::collections::HashMap;
+
+use app::service::Services;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use domain::stats::{StatsParams, StatsView};
+
+use super::ApiError;
+use super::auth::Authenticated;
+
+/// The query string's fields (unknown ones are ignored, as browsers add their own).
+fn params(query: &HashMap<String, String>) -> StatsParams {
+    let get = |key: &str| query.get(key).cloned();
+    StatsParams {
+        user_id: get("userId"),
+        from: get("from"),
+        to: get("to"),
+        period: get("period"),
+        model: get("model"),
+        group_by: get("groupBy"),
+        sort: get("sort"),
+        direction: get("direction"),
+        page: get("page"),
+        page_size: get("pageSize"),
+    }
+}
+
+pub(super) async fn usage_stats(
+    State(services): State<Services>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<StatsView>, ApiError> {
+    Ok(Json(services.usage_stats(&caller, &params(&query)).await?))
+}
+
+/// The CSV is sent as it is written, in chunks of lines, so a long export starts at once and is
+/// never held whole in a response buffer.
+pub(super) async fn export_csv(
+    State(services): State<Services>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (view, lines) = services.usage_csv(&caller, &params(&query)).await?;
+    let who = view.user_id.as_deref().unwrap_or("all-users");
+    let filename = format!(
+        "usage-{who}-{}-{}-by-{}.csv",
+        view.from,
+        view.to,
+        view.group_by.as_str()
+    );
+    let chunks = lines
+        .chunks(2_000)
+        .map(|chunk| Ok::<_, std::convert::Infallible>(chunk.concat()))
+        .collect::<Vec<_>>();
+    let body = Body::from_stream(futures::stream::iter(chunks));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,823 @@
+//! Usage rollups: kept current from the ledger by an incremental aggregator, verified against it
+//! and rebuilt from it; and the statistics read from them.
+//!
+//! **Exactness.** The aggregator reads new ledger events after its cursor, folds them into one
+//! [`RollupDelta`], adds the delta to the rollups and moves the cursor, all in one transaction:
+//! each event is added exactly once, whatever crashes or restarts. Rollups therefore always equal
+//! the ledger's events up to the cursor, which rebuilds and verification use too.
+//!
+//! **Order.** On SQLite one writer commits at a time and event ids grow in commit order, so the
+//! cursor is the last event id. On Postgres several writers (and replicas) commit in any order,
+//! and a smaller id can become visible after a larger one; events are therefore read in
+//! (writing transaction, id) order and only from transactions older than every one still
+//! running (`pg_snapshot_xmin`), so no event can appear behind the cursor later.
+
+use std::collections::{BTreeMap, HashMap};
+
+use app::ports::LedgerError;
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::rollup::{
+    Dimension, EventFacts, MemberKey, NO_VALUE, Period, Rollup, RollupDelta, RollupKey, Sums,
+};
+use domain::stats::{
+    StatsAnswer, StatsQuery, StatsRow, StatsScope, StatsSummary, day_start_micros, stats_of_events,
+};
+use futures::TryStreamExt;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use super::usage::placeholders;
+use super::{Db, Dialect, begin_write, detached, from_micros, ledger_error, micros};
+
+const CURSOR: &str = "rollups";
+
+/// Events the aggregator folds in one transaction at most.
+pub const AGGREGATE_BATCH: i64 = 20_000;
+
+/// How far the aggregator has read: (writing transaction, event id). On SQLite `tx` is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub tx: i64,
+    pub event_id: i64,
+}
+
+const EVENT_COLUMNS: &str = "usage_event_id, account_id, created_at, tokens, input_tokens, \
+     output_tokens, cost_picos, model, conversation_id, agent_id, prompt_id";
+
+fn facts_from_row(row: &AnyRow) -> Result<EventFacts, sqlx::Error> {
+    let total: i64 = row.try_get("tokens")?;
+    let input: Option<i64> = row.try_get("input_tokens")?;
+    let output: Option<i64> = row.try_get("output_tokens")?;
+    let total = total.max(0) as u64;
+    let (input_tokens, output_tokens) = EventFacts::split(
+        total,
+        input.map(|v| v.max(0) as u64),
+        output.map(|v| v.max(0) as u64),
+    );
+    let cost: i64 = row.try_get("cost_picos")?;
+    Ok(EventFacts {
+        user_id: row.try_get("account_id")?,
+        at: from_micros(row.try_get("created_at")?),
+        input_tokens,
+        output_tokens,
+        total_tokens: total,
+        cost_picos: cost.max(0) as u64,
+        model: row.try_get("model")?,
+        conversation: row.try_get("conversation_id")?,
+        agent: row.try_get("agent_id")?,
+        prompt: row.try_get("prompt_id")?,
+    })
+}
+
+/// Reads the cursor, locking it against other aggregators, rebuilds and checks until commit
+/// (SQLite: the write transaction already excludes them).
+async fn lock_cursor(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+) -> Result<Cursor, sqlx::Error> {
+    let lock = match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " FOR UPDATE",
+    };
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = $1{lock}"
+    )))
+    .bind(CURSOR)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Cursor {
+        tx: row.try_get("last_tx")?,
+        event_id: row.try_get("last_event_id")?,
+    })
+}
+
+/// SQL that keeps only events the aggregator has read (up to and including the cursor). The
+/// cursor's numbers come from the database as integers, so writing them into the SQL is safe.
+fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
+    let Cursor { tx, event_id } = cursor;
+    match dialect {
+        Dialect::Sqlite => format!("usage_event_id <= {event_id}"),
+        Dialect::Postgres => {
+            format!("(tx_id, usage_event_id) <= (CAST('{tx}' AS xid8), {event_id})")
+        }
+    }
+}
+
+/// Folds the events after the cursor (at most `limit`) into the rollups; answers how many.
+pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let cursor = lock_cursor(&mut tx, db.dialect).await.map_err(ledger_error)?;
+        let Cursor { tx: last_tx, event_id } = cursor;
+        let sql = match db.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
+                 ORDER BY usage_event_id LIMIT $1"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
+                 WHERE (tx_id, usage_event_id) > (CAST('{last_tx}' AS xid8), {event_id}) \
+                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY tx_id, usage_event_id LIMIT $1"
+            ),
+        };
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ledger_error)?;
+        let Some(last) = rows.last() else {
+            tx.rollback().await.map_err(ledger_error)?;
+            return Ok(0);
+        };
+        let next = Cursor {
+            tx: last.try_get("tx").map_err(ledger_error)?,
+            event_id: last.try_get("usage_event_id").map_err(ledger_error)?,
+        };
+        let mut delta = RollupDelta::default();
+        for row in &rows {
+            delta.add(&facts_from_row(row).map_err(ledger_error)?);
+        }
+        apply_delta(&mut tx, db.dialect, &delta).await.map_err(ledger_error)?;
+        sqlx::query(
+            "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
+        )
+        .bind(next.tx)
+        .bind(next.event_id)
+        .bind(micros(Utc::now()))
+        .bind(CURSOR)
+        .execute(&mut *tx)
+        .await
+        .map_err(ledger_error)?;
+        tx.commit().await.map_err(ledger_error)?;
+        Ok(rows.len())
+    })
+    .await
+}
+
+/// Whether the ledger may hold events the aggregator has not read (a cheap check first, so an
+/// idle system costs one indexed read, not a write transaction).
+pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
+    let sql = match db.dialect {
+        Dialect::Sqlite => {
+            "SELECT EXISTS (SELECT 1 FROM usage_event WHERE usage_event_id > \
+             (SELECT last_event_id FROM rollup_cursor WHERE name = $1)) AS behind"
+        }
+        Dialect::Postgres => {
+            "SELECT EXISTS (SELECT 1 FROM usage_event, rollup_cursor c WHERE c.name = $1 AND \
+             (tx_id, usage_event_id) > (CAST(CAST(c.last_tx AS TEXT) AS xid8), c.last_event_id)) AS behind"
+        }
+    };
+    let row = sqlx::query(sql)
+        .bind(CURSOR)
+        .fetch_one(&db.pool)
+        .await
+        .map_err(ledger_error)?;
+    let behind: bool = match row.try_get::<bool, _>("behind") {
+        Ok(b) => b,
+        Err(_) => row.try_get::<i64, _>("behind").map_err(ledger_error)? != 0,
+    };
+    Ok(behind)
+}
+
+fn greatest(dialect: Dialect, a: &str, b: &str) -> String {
+    match dialect {
+        // SQLite's two-argument max() is NULL when either is.
+        Dialect::Sqlite => format!("MAX(COALESCE({a}, {b}), COALESCE({b}, {a}))"),
+        Dialect::Postgres => format!("GREATEST({a}, {b})"),
+    }
+}
+
+const SUM_COLUMNS: [&str; 5] = [
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_picos",
+    "messages",
+];
+
+fn sum_values(s: &Sums) -> [i64; 5] {
+    [
+        s.input_tokens as i64,
+        s.output_tokens as i64,
+        s.total_tokens as i64,
+        s.cost_picos as i64,
+        s.messages as i64,
+    ]
+}
+
+/// Rows per multi-row upsert (11 parameters at most each).
+const UPSERT_CHUNK: usize = 500;
+
+/// Adds a delta to the stored rollups and members, then recounts the distinct members of every
+/// rollup it touched.
+async fn apply_delta(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    delta: &RollupDelta,
+) -> Result<(), sqlx::Error> {
+    let additions = |table: &str| {
+        SUM_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+            .chain(std::iter::once(format!(
+                "last_activity_at = {}",
+                greatest(
+                    dialect,
+                    &format!("{table}.last_activity_at"),
+                    "excluded.last_activity_at"
+                )
+            )))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let rollups: Vec<(&RollupKey, &Sums)> = delta.rollups.iter().collect();
+    for chunk in rollups.chunks(UPSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(n * 9 + 1, 9)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at) VALUES {} \
+             ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
+            SUM_COLUMNS.join(", "),
+            values.join(", "),
+            additions("usage_rollup")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, period, bucket), sums) in chunk {
+            query = query
+                .bind(user.as_str())
+                .bind(period.as_str())
+                .bind(bucket.to_string());
+            for v in sum_values(sums) {
+                query = query.bind(v);
+            }
+            query = query.bind(sums.last_activity.map(micros));
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    let members: Vec<(&MemberKey, &Sums)> = delta.members.iter().collect();
+    for chunk in members.chunks(UPSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(n * 11 + 1, 11)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, {}, \
+             last_activity_at) VALUES {} \
+             ON CONFLICT (account_id, period, bucket, dimension, value) DO UPDATE SET {}",
+            SUM_COLUMNS.join(", "),
+            values.join(", "),
+            additions("usage_rollup_member")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, period, bucket, dimension, value), sums) in chunk {
+            query = query
+                .bind(user.as_str())
+                .bind(period.as_str())
+                .bind(bucket.to_string())
+                .bind(dimension.code())
+                .bind(value.as_str());
+            for v in sum_values(sums) {
+                query = query.bind(v);
+            }
+            query = query.bind(sums.last_activity.map(micros));
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    let count = |code: &str| {
+        format!(
+            "(SELECT COUNT(*) FROM usage_rollup_member m WHERE m.account_id = usage_rollup.account_id \
+             AND m.period = usage_rollup.period AND m.bucket = usage_rollup.bucket \
+             AND m.dimension = '{code}' AND m.value <> '')"
+        )
+    };
+    for chunk in rollups.chunks(UPSERT_CHUNK) {
+        let keys: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(n * 3 + 1, 3)))
+            .collect();
+        let sql = format!(
+            "UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
+             WHERE (account_id, period, bucket) IN (VALUES {})",
+            count(Dimension::Conversation.code()),
+            count(Dimension::Agent.code()),
+            count(Dimension::Model.code()),
+            keys.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, period, bucket), _) in chunk {
+            query = query
+                .bind(user.as_str())
+                .bind(period.as_str())
+                .bind(bucket.to_string());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// For each period, the buckets a day range touches: the first and the last.
+fn bucket_ranges(from: NaiveDate, to: NaiveDate) -> Vec<(Period, NaiveDate, NaiveDate)> {
+    Period::ALL
+        .iter()
+        .map(|p| (*p, p.bucket_of_day(from), p.bucket_of_day(to)))
+        .collect()
+}
+
+/// The days whose events make up every bucket the range touches.
+fn covered_days(from: NaiveDate, to: NaiveDate) -> (NaiveDate, NaiveDate) {
+    let ranges = bucket_ranges(from, to);
+    let start = ranges
+        .iter()
+        .map(|(_, first, _)| *first)
+        .min()
+        .unwrap_or(from);
+    let end = ranges
+        .iter()
+        .map(|(p, _, last)| p.last_day(*last))
+        .max()
+        .unwrap_or(to);
+    (start, end)
+}
+
+/// The rollups the ledger's processed events give for every bucket the range touches, computed
+/// from scratch, and how many of the events read fall in the range itself.
+async fn expected_delta(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    cursor: Cursor,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(RollupDelta, u64), sqlx::Error> {
+    let (start, end) = covered_days(from, to);
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
+        processed_condition(dialect, cursor)
+    );
+    let mut delta = RollupDelta::default();
+    let mut events = 0u64;
+    {
+        let mut rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(day_start_micros(start))
+            .bind(day_start_micros(end.succ_opt().unwrap_or(end)))
+            .fetch(&mut **tx);
+        while let Some(row) = rows.try_next().await? {
+            let facts = facts_from_row(&row)?;
+            let day = facts.at.date_naive();
+            if day >= from && day <= to {
+                events += 1;
+            }
+            delta.add(&facts);
+        }
+    }
+    // Keep only the buckets the range touches (the covered days reach into others).
+    let ranges = bucket_ranges(from, to);
+    let inside = |period: Period, bucket: NaiveDate| {
+        ranges
+            .iter()
+            .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
+    };
+    delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
+    delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
+    Ok((delta, events))
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub events: u64,
+    pub rollups: u64,
+}
+
+/// Replaces the rollups of every bucket the day range touches by ones computed from the ledger,
+/// in one transaction. Running it twice gives the same rollups as once.
+pub(super) async fn rebuild(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Rebuilt, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let rebuilt = rebuild_in(&mut tx, db.dialect, from, to)
+            .await
+            .map_err(ledger_error)?;
+        tx.commit().await.map_err(ledger_error)?;
+        Ok(rebuilt)
+    })
+    .await
+}
+
+async fn rebuild_in(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Rebuilt, sqlx::Error> {
+    let cursor = lock_cursor(tx, dialect).await?;
+    let (delta, events) = expected_delta(tx, dialect, cursor, from, to).await?;
+    for (period, first, last) in bucket_ranges(from, to) {
+        for table in ["usage_rollup", "usage_rollup_member"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE period = $1 AND bucket >= $2 AND bucket <= $3"
+            )))
+            .bind(period.as_str())
+            .bind(first.to_string())
+            .bind(last.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    apply_delta(tx, dialect, &delta).await?;
+    Ok(Rebuilt {
+        events,
+        rollups: delta.rollups.len() as u64,
+    })
+}
+
+/// One rollup that is not what the ledger says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupDifference {
+    pub user_id: String,
+    pub period: Period,
+    pub bucket: NaiveDate,
+    pub stored: Option<Rollup>,
+    pub expected: Option<Rollup>,
+}
+
+/// The rollups of a day range checked against the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    pub events: u64,
+    pub rollups: u64,
+    pub differences: Vec<RollupDifference>,
+    /// Rollups repaired (rebuilt) because they differed.
+    pub repaired: bool,
+}
+
+impl Verification {
+    pub fn matches(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("usage_rollup has a bad {what}").into());
+    let period = Period::parse(&row.try_get::<String, _>("period")?).map_err(|_| bad("period"))?;
+    let bucket = NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
+        .map_err(|_| bad("bucket"))?;
+    let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+    let last: Option<i64> = row.try_get("last_activity_at")?;
+    Ok((
+        (row.try_get("account_id")?, period, bucket),
+        Rollup {
+            input_tokens: n("input_tokens")?,
+            output_tokens: n("output_tokens")?,
+            total_tokens: n("total_tokens")?,
+            cost_picos: n("cost_picos")?,
+            messages: n("messages")?,
+            conversations: n("conversations")?,
+            agents: n("agents")?,
+            models: n("models")?,
+            last_activity: last.map(from_micros),
+        },
+    ))
+}
+
+/// Checks every rollup of the buckets the day range touches against the ledger's processed
+/// events; with `repair`, rebuilds them (in the same transaction) when any differs.
+pub(super) async fn verify(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+    repair: bool,
+) -> Result<Verification, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let cursor = lock_cursor(&mut tx, db.dialect)
+            .await
+            .map_err(ledger_error)?;
+        let (delta, events) = expected_delta(&mut tx, db.dialect, cursor, from, to)
+            .await
+            .map_err(ledger_error)?;
+        let expected = delta.to_rollups();
+        let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
+        for (period, first, last) in bucket_ranges(from, to) {
+            let rows = sqlx::query(
+                "SELECT account_id, period, bucket, input_tokens, output_tokens, total_tokens, \
+                 cost_picos, messages, conversations, agents, models, last_activity_at \
+                 FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
+            )
+            .bind(period.as_str())
+            .bind(first.to_string())
+            .bind(last.to_string())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ledger_error)?;
+            for row in &rows {
+                let (key, rollup) = rollup_from_row(row).map_err(ledger_error)?;
+                stored.insert(key, rollup);
+            }
+        }
+        let mut differences = Vec::new();
+        for key in expected
+            .keys()
+            .chain(stored.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let (s, e) = (stored.get(key), expected.get(key));
+            if s != e {
+                differences.push(RollupDifference {
+                    user_id: key.0.clone(),
+                    period: key.1,
+                    bucket: key.2,
+                    stored: s.cloned(),
+                    expected: e.cloned(),
+                });
+            }
+        }
+        let repaired = repair && !differences.is_empty();
+        if repaired {
+            rebuild_in(&mut tx, db.dialect, from, to)
+                .await
+                .map_err(ledger_error)?;
+            tx.commit().await.map_err(ledger_error)?;
+        } else {
+            tx.rollback().await.map_err(ledger_error)?;
+        }
+        Ok(Verification {
+            events,
+            rollups: expected.len() as u64,
+            differences,
+            repaired,
+        })
+    })
+    .await
+}
+
+/// The last day the nightly check verified, if any.
+pub(super) async fn verified_through(db: &Db) -> Result<Option<NaiveDate>, LedgerError> {
+    let row = sqlx::query("SELECT verified_through FROM rollup_cursor WHERE name = $1")
+        .bind(CURSOR)
+        .fetch_one(&db.pool)
+        .await
+        .map_err(ledger_error)?;
+    let day: Option<String> = row.try_get("verified_through").map_err(ledger_error)?;
+    Ok(day.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()))
+}
+
+pub(super) async fn set_verified_through(db: &Db, day: NaiveDate) -> Result<(), LedgerError> {
+    sqlx::query("UPDATE rollup_cursor SET verified_through = $1 WHERE name = $2")
+        .bind(day.to_string())
+        .bind(CURSOR)
+        .execute(&db.pool)
+        .await
+        .map_err(ledger_error)?;
+    Ok(())
+}
+
+/// `AND account_id = $n` for one user, nothing for everyone.
+fn scope_condition(scope: &StatsScope, n: usize) -> String {
+    match scope {
+        StatsScope::User(_) => format!(" AND account_id = ${n}"),
+        StatsScope::All => String::new(),
+    }
+}
+
+fn bind_scope<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    scope: &'q StatsScope,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    match scope {
+        StatsScope::User(user) => query.bind(user.as_str()),
+        StatsScope::All => query,
+    }
+}
+
+fn sums_from_row(row: &AnyRow) -> Result<Sums, sqlx::Error> {
+    let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+    let last: Option<i64> = row.try_get("last_activity_at")?;
+    Ok(Sums {
+        input_tokens: n("input_tokens")?,
+        output_tokens: n("output_tokens")?,
+        total_tokens: n("total_tokens")?,
+        cost_picos: n("cost_picos")?,
+        messages: n("messages")?,
+        last_activity: last.map(from_micros),
+    })
+}
+
+const SUMS_SELECT: &str = "CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+     CAST(SUM(total_tokens) AS BIGINT) AS total_tokens, \
+     CAST(SUM(cost_picos) AS BIGINT) AS cost_picos, \
+     CAST(SUM(messages) AS BIGINT) AS messages, \
+     MAX(last_activity_at) AS last_activity_at";
+
+/// Distinct conversations (per user), agents and models in the members of a period's buckets,
+/// grouped by the column `group`, or in one group `""` when `None`.
+async fn distinct_counts(
+    db: &Db,
+    period: Period,
+    first: NaiveDate,
+    last: NaiveDate,
+    scope: &StatsScope,
+    group: Option<&str>,
+) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
+    let (select, group_by) = match group {
+        Some(column) => (column.to_owned(), format!(" GROUP BY {column}")),
+        None => ("''".to_owned(), String::new()),
+    };
+    let sql = format!(
+        "SELECT {select} AS grp, \
+           CAST(COUNT(DISTINCT CASE WHEN dimension = 'c' THEN account_id || '/' || value END) AS BIGINT) AS conversations, \
+           CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
+           CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models \
+         FROM usage_rollup_member \
+         WHERE period = $1 AND bucket >= $2 AND bucket <= $3 AND dimension IN ('c', 'a', 'm') \
+           AND value <> ''{}{group_by}",
+        scope_condition(scope, 4)
+    );
+    let query = sqlx::query(AssertSqlSafe(sql))
+        .bind(period.as_str())
+        .bind(first.to_string())
+        .bind(last.to_string());
+    let rows = bind_scope(query, scope).fetch_all(&db.pool).await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+        out.insert(
+            row.try_get::<String, _>("grp")?,
+            [n("conversations")?, n("agents")?, n("models")?],
+        );
+    }
+    Ok(out)
+}
+
+/// Statistics from the rollups (or, with a model filter, from the ledger's events).
+pub(super) async fn stats(
+    db: &Db,
+    query: &StatsQuery,
+    scope: &StatsScope,
+) -> Result<StatsAnswer, LedgerError> {
+    if query.model.is_some() {
+        return stats_from_events(db, query, scope).await;
+    }
+    stats_from_rollups(db, query, scope)
+        .await
+        .map_err(ledger_error)
+}
+
+async fn stats_from_rollups(
+    db: &Db,
+    query: &StatsQuery,
+    scope: &StatsScope,
+) -> Result<StatsAnswer, sqlx::Error> {
+    let period = query.rollup_period();
+    let (from, to) = query.effective_range();
+    let (first, last) = (period.bucket_of_day(from), period.bucket_of_day(to));
+    let days = (to - from).num_days() as u64 + 1;
+
+    // The summary: sums over the rollups, distinct counts over the members.
+    let sql = format!(
+        "SELECT {SUMS_SELECT} FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3{}",
+        scope_condition(scope, 4)
+    );
+    let q = sqlx::query(AssertSqlSafe(sql))
+        .bind(period.as_str())
+        .bind(first.to_string())
+        .bind(last.to_string());
+    let row = bind_scope(q, scope).fetch_one(&db.pool).await?;
+    let whole = if row.try_get::<Option<i64>, _>("messages")?.is_some() {
+        sums_from_row(&row)?
+    } else {
+        Sums::default()
+    };
+    let distinct = distinct_counts(db, period, first, last, scope, None)
+        .await?
+        .remove("")
+        .unwrap_or_default();
+    let summary = StatsSummary::new(&whole, distinct, days);
+
+    let rows = match (query.group_by.period(), query.group_by.dimension()) {
+        (Some(_), _) => {
+            let sql = format!(
+                "SELECT bucket AS grp, {SUMS_SELECT}, CAST(SUM(conversations) AS BIGINT) AS conversations \
+                 FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3{} GROUP BY bucket",
+                scope_condition(scope, 4)
+            );
+            let q = sqlx::query(AssertSqlSafe(sql))
+                .bind(period.as_str())
+                .bind(first.to_string())
+                .bind(last.to_string());
+            let counts = distinct_counts(db, period, first, last, scope, Some("bucket")).await?;
+            let mut rows = Vec::new();
+            for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
+                let key: String = row.try_get("grp")?;
+                let mut out = StatsRow::from_sums(Some(key.clone()), &sums_from_row(&row)?);
+                let [_, agents, models] = counts.get(&key).copied().unwrap_or_default();
+                // Conversations belong to one user each: per-user counts add up.
+                out.conversations = Some(row.try_get::<i64, _>("conversations")?.max(0) as u64);
+                out.agents = Some(agents);
+                out.models = Some(models);
+                rows.push(out);
+            }
+            rows
+        }
+        (None, Some(dimension)) => {
+            let sql = format!(
+                "SELECT value AS grp, {SUMS_SELECT} FROM usage_rollup_member \
+                 WHERE period = $1 AND bucket >= $2 AND bucket <= $3 AND dimension = $4{} GROUP BY value",
+                scope_condition(scope, 5)
+            );
+            let q = sqlx::query(AssertSqlSafe(sql))
+                .bind(period.as_str())
+                .bind(first.to_string())
+                .bind(last.to_string())
+                .bind(dimension.code());
+            let mut rows = Vec::new();
+            for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
+                let value: String = row.try_get("grp")?;
+                let key = (value != NO_VALUE).then_some(value);
+                rows.push(StatsRow::from_sums(key, &sums_from_row(&row)?));
+            }
+            rows
+        }
+        (None, None) => {
+            let sql = format!(
+                "SELECT account_id AS grp, {SUMS_SELECT} FROM usage_rollup \
+                 WHERE period = $1 AND bucket >= $2 AND bucket <= $3{} GROUP BY account_id",
+                scope_condition(scope, 4)
+            );
+            let q = sqlx::query(AssertSqlSafe(sql))
+                .bind(period.as_str())
+                .bind(first.to_string())
+                .bind(last.to_string());
+            let counts =
+                distinct_counts(db, period, first, last, scope, Some("account_id")).await?;
+            let mut rows = Vec::new();
+            for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
+                let user: String = row.try_get("grp")?;
+                let mut out = StatsRow::from_sums(Some(user.clone()), &sums_from_row(&row)?);
+                let [conversations, agents, models] =
+                    counts.get(&user).copied().unwrap_or_default();
+                out.conversations = Some(conversations);
+                out.agents = Some(agents);
+                out.models = Some(models);
+                rows.push(out);
+            }
+            rows
+        }
+    };
+    Ok(StatsAnswer { rows, summary })
+}
+
+/// A model filter narrows events below what rollups keep apart: read the ledger's events of the
+/// range (one user's through their index) and compute the answer as the reference does.
+async fn stats_from_events(
+    db: &Db,
+    query: &StatsQuery,
+    scope: &StatsScope,
+) -> Result<StatsAnswer, LedgerError> {
+    let (from, to) = query.effective_range();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 \
+         AND model = $3{}",
+        scope_condition(scope, 4)
+    );
+    let q = sqlx::query(AssertSqlSafe(sql))
+        .bind(day_start_micros(from))
+        .bind(day_start_micros(to.succ_opt().unwrap_or(to)))
+        .bind(query.model.as_ref().map(|m| m.as_str()));
+    let mut events = Vec::new();
+    let mut rows = bind_scope(q, scope).fetch(&db.pool);
+    while let Some(row) = rows.try_next().await.map_err(ledger_error)? {
+        events.push(facts_from_row(&row).map_err(ledger_error)?);
+    }
+    Ok(stats_of_events(&events, query))
+}
+
+/// When the ledger's newest event was recorded and when the aggregator last moved, for
+/// monitoring its lag.
+pub(super) async fn cursor_position(db: &Db) -> Result<(Cursor, DateTime<Utc>), LedgerError> {
+    let row =
+        sqlx::query("SELECT last_tx, last_event_id, updated_at FROM rollup_cursor WHERE name = $1")
+            .bind(CURSOR)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(ledger_error)?;
+    Ok((
+        Cursor {
+            tx: row.try_get("last_tx").map_err(ledger_error)?,
+            event_id: row.try_get("last_event_id").map_err(ledger_error)?,
+        },
+        from_micros(row.try_get("updated_at").map_err(ledger_error)?),
+    ))
+}
