@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::stats::{StatsAnswer, StatsQuery, StatsScope};
+use domain::stats::{EventRow, StatsAnswer, StatsQuery, StatsScope};
 use domain::{
     NewUser, PageInfo, RecordUsage, Role, Scope, TokenLimit, UserId, UserQuery, UserUsage,
 };
@@ -108,6 +108,16 @@ pub trait Ledger: Send + Sync + 'static {
         query: &StatsQuery,
         scope: &StatsScope,
     ) -> Result<StatsAnswer, LedgerError>;
+    /// The ledger's events of a day range (inclusive; one user or everyone, optionally of one
+    /// model), oldest first, sent in chunks as they are read so an export of millions of events
+    /// never sits in memory. An error ends the stream.
+    fn export_events(
+        &self,
+        scope: &StatsScope,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+        model: Option<domain::ModelName>,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>>;
     /// Whether the database answers.
     async fn ping(&self) -> bool;
 }

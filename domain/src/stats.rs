@@ -159,6 +159,9 @@ pub struct StatsParams {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
+    /// Without `from`: the range is the last `days` days ending at `to` (default 30).
+    #[serde(default)]
+    pub days: Option<String>,
     #[serde(default)]
     pub period: Option<String>,
     #[serde(default)]
@@ -271,11 +274,23 @@ impl StatsParams {
             Some(raw) => parse_date("to", raw)?,
             None => today,
         };
-        let from = match self.from.as_deref() {
-            Some(raw) => parse_date("from", raw)?,
-            None => to
-                .checked_sub_days(Days::new(StatsQuery::DEFAULT_DAYS - 1))
-                .unwrap_or(to),
+        let from = match (self.from.as_deref(), self.days.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "days",
+                    "conflicting_range",
+                    "Give either from or days, not both.",
+                ));
+            }
+            (Some(raw), None) => parse_date("from", raw)?,
+            (None, days) => {
+                let days = match days {
+                    Some(raw) => parse_count("days", raw, StatsQuery::MAX_DAYS as u32)?,
+                    None => StatsQuery::DEFAULT_DAYS as u32,
+                };
+                to.checked_sub_days(Days::new(days as u64 - 1))
+                    .unwrap_or(to)
+            }
         };
         if from > to {
             return Err(invalid(
@@ -652,5 +667,59 @@ impl StatsRow {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default(),
         ]
+    }
+}
+
+/// One ledger event as the events export writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub event_id: i64,
+    pub user_id: String,
+    pub at: DateTime<Utc>,
+    pub source: String,
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_picos: u64,
+    pub conversation_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub prompt_id: Option<String>,
+}
+
+/// The events export's header row.
+pub const EVENTS_CSV_HEADER: [&str; 12] = [
+    "event_id",
+    "user_id",
+    "created_at",
+    "source",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_picodollars",
+    "conversation_id",
+    "agent_id",
+    "prompt_id",
+];
+
+impl EventRow {
+    /// The event's CSV record (cost exact, in pico-dollars; time to the microsecond, UTC).
+    pub fn csv(&self) -> String {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        csv_record(&[
+            self.event_id.to_string(),
+            self.user_id.clone(),
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.source.clone(),
+            opt(&self.model),
+            self.input_tokens.to_string(),
+            self.output_tokens.to_string(),
+            self.total_tokens.to_string(),
+            self.cost_picos.to_string(),
+            opt(&self.conversation_id),
+            opt(&self.agent_id),
+            opt(&self.prompt_id),
+        ])
     }
 }

@@ -22,6 +22,7 @@ fn params(pairs: &[(&str, &str)]) -> StatsParams {
             "userId" => p.user_id = v,
             "from" => p.from = v,
             "to" => p.to = v,
+            "days" => p.days = v,
             "period" => p.period = v,
             "model" => p.model = v,
             "groupBy" => p.group_by = v,
@@ -52,6 +53,8 @@ fn defaults_are_the_last_30_days_by_day() {
         )
     );
     assert_eq!((q.page, q.page_size), (1, 50));
+    let q = params(&[("days", "7")]).validate(today()).unwrap();
+    assert_eq!(q.from.to_string(), "2026-11-17");
     let q = params(&[("groupBy", "model")]).validate(today()).unwrap();
     assert_eq!(
         (q.sort, q.direction),
@@ -103,6 +106,12 @@ fn bad_parameters_say_what_is_wrong() {
         (&[("page", "-1")], "page", "invalid_page"),
         (&[("pageSize", "1001")], "pageSize", "invalid_page_size"),
         (&[("pageSize", "ten")], "pageSize", "invalid_page_size"),
+        (&[("days", "0")], "days", "invalid_days"),
+        (
+            &[("days", "7"), ("from", "2026-11-01")],
+            "days",
+            "conflicting_range",
+        ),
         (&[("userId", "no spaces")], "userId", "invalid_user_id"),
         (&[("model", "gpt 4")], "model", "invalid_model"),
     ];

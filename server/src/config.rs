@@ -113,3 +113,17 @@ fn parse_day(raw: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .map_err(|_| format!("{raw:?} is not a date written YYYY-MM-DD"))
 }
+
+/// `tokenmeter bench-data`
+#[derive(Debug, Clone, Args)]
+pub struct BenchDataArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long, default_value_t = 1_000)]
+    pub users: u64,
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Days before today the events are spread over.
+    #[arg(long, default_value_t = 365)]
+    pub days: u64,
+}

@@ -9,8 +9,8 @@ use app::ports::{AuthStore, Ledger};
 use chrono::{Duration, Utc};
 use domain::api::DemoLoginView;
 use domain::{
-    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, Role, TokenLimit, UsageSource,
-    UserId,
+    DisplayName, IdempotencyKey, ModelName, NewUser, RecordUsage, Role, TokenLimit, UsageContext,
+    UsageSource, UserId,
 };
 
 use crate::store::SqlLedger;
@@ -68,6 +68,9 @@ pub struct Seeded {
     pub events: usize,
 }
 
+/// The agents demo usage is spread over.
+const DEMO_AGENTS: [&str; 2] = ["support-bot", "research-assistant"];
+
 pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Error + Send + Sync>> {
     if !ledger.list_users().await?.is_empty() {
         return Ok(None);
@@ -108,15 +111,25 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
             let input = tokens * (55 + rng.next(30)) / 100;
             let model = ModelName::parse(MODELS[rng.next(MODELS.len() as u64) as usize])?;
             let key = IdempotencyKey::parse(&format!("demo-{id}-{}", usages.len()))?;
-            usages.push(RecordUsage::new(
-                user_id.clone(),
-                tokens as i64,
-                Some(input as i64),
-                Some((tokens - input) as i64),
-                Some(model),
-                UsageSource::Demo,
-                key,
-            )?);
+            // A few messages per conversation; each user works with one or two agents.
+            let conversation = format!("{id}-chat-{}", usages.len() / 4);
+            let agent = DEMO_AGENTS[rng.next(2) as usize];
+            usages.push(
+                RecordUsage::new(
+                    user_id.clone(),
+                    tokens as i64,
+                    Some(input as i64),
+                    Some((tokens - input) as i64),
+                    Some(model),
+                    UsageSource::Demo,
+                    key,
+                )?
+                .with_context(UsageContext::parse(
+                    Some(&conversation),
+                    Some(agent),
+                    None,
+                )?),
+            );
             total += tokens;
         }
         // Spread the events over the weeks, in time order.
@@ -146,4 +159,83 @@ pub async fn seed_demo(ledger: &SqlLedger) -> Result<Option<Seeded>, Box<dyn Err
         users: DEMO_USERS.len() + 1,
         events,
     }))
+}
+
+/// What `tokenmeter bench-data` made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchData {
+    pub users: u64,
+    pub events: u64,
+}
+
+/// Benchmark data: `users` users (`u0`, `u1`, …) and `events` usage events spread evenly over
+/// the `days` days before today, oldest first, each with a model (3), an agent (5), a prompt
+/// (20) and a conversation (about 8 messages each), recorded through the ledger in large
+/// batches (counters and events stay exact). Deterministic.
+pub async fn bench_data(
+    ledger: &SqlLedger,
+    users: u64,
+    events: u64,
+    days: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<BenchData, Box<dyn Error + Send + Sync>> {
+    const MODELS: [&str; 3] = ["gpt-4o-mini", "claude-sonnet-4-5", "tokenmeter-demo"];
+    const BATCH: u64 = 10_000;
+    for n in 0..users {
+        let user = NewUser::new(
+            UserId::parse(&format!("u{n}"))?,
+            None,
+            TokenLimit::new(i64::MAX / 4)?,
+        );
+        match ledger.create_user(user, Utc::now()).await {
+            Ok(_) | Err(app::ports::LedgerError::UserExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let today = Utc::now().date_naive();
+    let start = (today - chrono::Days::new(days))
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc();
+    let span_us = days as i64 * 86_400_000_000;
+    let mut rng = Lcg(0xbe9c_da7a);
+    let mut messages = vec![0u64; users as usize];
+    let mut done = 0;
+    while done < events {
+        let size = BATCH.min(events - done);
+        let mut usages = Vec::with_capacity(size as usize);
+        let mut times = Vec::with_capacity(size as usize);
+        for i in done..done + size {
+            let user = rng.next(users);
+            let tokens = 100 + rng.next(4_000);
+            let input = tokens * (50 + rng.next(40)) / 100;
+            let sent = messages[user as usize];
+            messages[user as usize] += 1;
+            let usage = RecordUsage::new(
+                UserId::parse(&format!("u{user}"))?,
+                tokens as i64,
+                Some(input as i64),
+                Some((tokens - input) as i64),
+                Some(ModelName::parse(MODELS[rng.next(3) as usize])?),
+                UsageSource::Demo,
+                IdempotencyKey::parse(&format!("bench-{i}"))?,
+            )?
+            .with_context(UsageContext::parse(
+                Some(&format!("conv-{}", sent / 8)),
+                Some(&format!("agent-{}", rng.next(5))),
+                Some(&format!("prompt-{}", rng.next(20))),
+            )?);
+            usages.push(RecordUsage {
+                cost_picos: tokens * 2_000_000,
+                ..usage
+            });
+            times.push(start + Duration::microseconds(span_us / events as i64 * i as i64));
+        }
+        for outcome in ledger.record_at(&usages, &times).await {
+            outcome?;
+        }
+        done += size;
+        progress(done);
+    }
+    Ok(BenchData { users, events })
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use domain::api::CreateApiKeyBody;
 use domain::{TokenLimit, UserId};
 use tokenmeter_server::config::{
-    BackfillArgs, CreateAdminArgs, CreateApiKeyArgs, DbArgs, ServeArgs, VerifyArgs,
+    BackfillArgs, BenchDataArgs, CreateAdminArgs, CreateApiKeyArgs, DbArgs, ServeArgs, VerifyArgs,
 };
 use tokenmeter_server::http::auth::AuthLayerConfig;
 use tokenmeter_server::store::Db;
@@ -45,6 +45,9 @@ enum Command {
     Backfill(BackfillArgs),
     /// Check the usage rollups of a range of days against the ledger; exit 1 on a difference.
     VerifyRollups(VerifyArgs),
+    /// Benchmark data: users u0… and usage events spread over the past days (see
+    /// scripts/bench/analytics.sh).
+    BenchData(BenchDataArgs),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,6 +72,7 @@ async fn main() -> ExitCode {
         Command::CreateApiKey(args) => create_api_key(args).await,
         Command::Backfill(args) => backfill(args).await,
         Command::VerifyRollups(args) => verify_rollups(args).await,
+        Command::BenchData(args) => bench_data(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -276,6 +280,28 @@ fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
         );
     }
     v.differences.len()
+}
+
+async fn bench_data(args: BenchDataArgs) -> Result<(), BoxError> {
+    let (_, ledger) = open_services(&args.db.database_url, AuthSettings::default()).await?;
+    let started = std::time::Instant::now();
+    let made = demo::bench_data(&ledger, args.users, args.events, args.days, |done| {
+        progress(
+            (done * 100 / args.events.max(1)) as usize,
+            100,
+            &format!("{done} events"),
+        )
+    })
+    .await?;
+    eprintln!();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "recorded {} events for {} users in {secs:.1} s ({:.0} events/s)",
+        made.events,
+        made.users,
+        made.events as f64 / secs
+    );
+    Ok(())
 }
 
 async fn verify_rollups(args: VerifyArgs) -> Result<(), BoxError> {

@@ -742,4 +742,39 @@ async fn csv_export_reads_back_as_the_rows(db: common::TestDb) {
             );
         }
     }
+
+    // Every event of the range, oldest first, exactly as recorded.
+    let res = Client::new()
+        .get(format!(
+            "{}/api/usage/events.csv?userId=u0&{range}",
+            api.base
+        ))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().len(),
+        domain::stats::EVENTS_CSV_HEADER.len()
+    );
+    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>().unwrap();
+    let expected: Vec<&Spec> = specs.iter().filter(|s| s.user == "u0").collect();
+    assert_eq!(records.len(), expected.len());
+    let times: Vec<&str> = records.iter().map(|r| &r[2]).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "oldest first");
+    let total: u64 = records.iter().map(|r| r[7].parse::<u64>().unwrap()).sum();
+    assert_eq!(total, expected.iter().map(|s| s.tokens).sum::<u64>());
+    let cost: u64 = records.iter().map(|r| r[8].parse::<u64>().unwrap()).sum();
+    assert_eq!(cost, expected.iter().map(|s| s.tokens * 1_250).sum::<u64>());
+    let agents: Vec<&str> = records.iter().map(|r| &r[10]).collect();
+    assert!(agents.contains(&"support, tier 2") && agents.contains(&"say \"hi\""));
+    // Someone else's events are not a user's to export.
+    let u1 = api.key_for("u1").await;
+    let (status, _) = api.get(&u1, "/api/usage/events.csv?userId=u0").await;
+    assert_eq!(status, 403);
 }

@@ -1,11 +1,14 @@
 //! Usage statistics and their CSV export: who may see whose, then the ledger's rollups.
 
 use chrono::Utc;
-use domain::stats::{CSV_HEADER, StatsParams, StatsQuery, StatsScope, StatsView, csv_record};
+use domain::stats::{
+    CSV_HEADER, EventRow, StatsParams, StatsQuery, StatsScope, StatsView, csv_record,
+};
 use domain::{Action, Caller, Role};
 
 use super::{Services, allow};
 use crate::error::AppError;
+use crate::ports::LedgerError;
 
 impl Services {
     /// One page of usage statistics. Without a user id an administrator sees everyone and a
@@ -37,6 +40,29 @@ impl Services {
         lines.push(csv_record(&CSV_HEADER));
         lines.extend(view.rows.iter().map(|row| csv_record(&row.csv_fields())));
         Ok((view, lines))
+    }
+
+    /// Every ledger event of the query's range (user, dates, model) for a CSV export: the file
+    /// name and the events in chunks, as the store reads them.
+    pub async fn usage_events(
+        &self,
+        caller: &Caller,
+        params: &StatsParams,
+    ) -> Result<
+        (
+            String,
+            tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>>,
+        ),
+        AppError,
+    > {
+        let query = params.validate(Utc::now().date_naive())?;
+        let scope = self.stats_scope(caller, &query).await?;
+        let who = scope_user(&scope).unwrap_or_else(|| "all-users".to_owned());
+        let filename = format!("usage-events-{who}-{}-{}.csv", query.from, query.to);
+        let events = self
+            .ledger
+            .export_events(&scope, query.from, query.to, query.model.clone());
+        Ok((filename, events))
     }
 
     async fn stats_scope(

@@ -46,6 +46,7 @@ pub fn api_router(services: Services) -> Router {
         .route("/models", get(calls::models))
         .route("/usage/stats", get(stats::usage_stats))
         .route("/usage/export.csv", get(stats::export_csv))
+        .route("/usage/events.csv", get(stats::export_events_csv))
         .fallback(|| async { error::not_found_route() })
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(services.clone());

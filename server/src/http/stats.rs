@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use domain::stats::{StatsParams, StatsView};
+use domain::stats::{EVENTS_CSV_HEADER, StatsParams, StatsView, csv_record};
 
 use super::ApiError;
 use super::auth::Authenticated;
@@ -20,6 +20,7 @@ fn params(query: &HashMap<String, String>) -> StatsParams {
         user_id: get("userId"),
         from: get("from"),
         to: get("to"),
+        days: get("days"),
         period: get("period"),
         model: get("model"),
         group_by: get("groupBy"),
@@ -67,6 +68,42 @@ pub(super) async fn export_csv(
             ),
         ],
         body,
+    )
+        .into_response())
+}
+
+/// `GET /api/usage/events.csv`: every ledger event of the range (same filters as the stats),
+/// streamed from the database as it is read.
+pub(super) async fn export_events_csv(
+    State(services): State<Services>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (filename, events) = services.usage_events(&caller, &params(&query)).await?;
+    let header =
+        futures::stream::once(async { Ok::<_, std::io::Error>(csv_record(&EVENTS_CSV_HEADER)) });
+    let body = futures::stream::unfold(events, |mut events| async move {
+        let next = events.recv().await?;
+        let chunk = match next {
+            Ok(rows) => Ok(rows.iter().map(|r| r.csv()).collect::<String>()),
+            Err(e) => {
+                tracing::error!(%e, "events export failed part-way");
+                Err(std::io::Error::other(
+                    "the export stopped: the database failed",
+                ))
+            }
+        };
+        Some((chunk, events))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(futures::StreamExt::chain(header, body)),
     )
         .into_response())
 }

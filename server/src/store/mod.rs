@@ -17,7 +17,7 @@ use std::time::Duration;
 use app::ports::{Ledger, LedgerError, Recorded, Reserved};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::stats::{StatsAnswer, StatsQuery, StatsScope};
+use domain::stats::{EventRow, StatsAnswer, StatsQuery, StatsScope};
 use domain::{NewUser, PageInfo, RecordUsage, TokenLimit, UserId, UserQuery, UserUsage};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
@@ -414,6 +414,16 @@ impl Ledger for SqlLedger {
     ) -> Result<StatsAnswer, LedgerError> {
         self.catch_up().await?;
         rollups::stats(&self.db, query, scope).await
+    }
+
+    fn export_events(
+        &self,
+        scope: &StatsScope,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+        model: Option<domain::ModelName>,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>> {
+        rollups::export_events(&self.db, scope.clone(), from, to, model)
     }
 
     async fn ping(&self) -> bool {

@@ -20,7 +20,8 @@ use domain::rollup::{
     Dimension, EventFacts, MemberKey, NO_VALUE, Period, Rollup, RollupDelta, RollupKey, Sums,
 };
 use domain::stats::{
-    StatsAnswer, StatsQuery, StatsRow, StatsScope, StatsSummary, day_start_micros, stats_of_events,
+    EventRow, StatsAnswer, StatsQuery, StatsRow, StatsScope, StatsSummary, day_start_micros,
+    stats_of_events,
 };
 use futures::TryStreamExt;
 use sqlx::any::AnyRow;
@@ -820,4 +821,86 @@ pub(super) async fn cursor_position(db: &Db) -> Result<(Cursor, DateTime<Utc>), 
         },
         from_micros(row.try_get("updated_at").map_err(ledger_error)?),
     ))
+}
+
+/// Events per chunk of an export.
+const EXPORT_CHUNK: usize = 5_000;
+
+/// Streams the events of a day range, oldest first, in chunks (see `Ledger::export_events`).
+pub(super) fn export_events(
+    db: &Db,
+    scope: StatsScope,
+    from: NaiveDate,
+    to: NaiveDate,
+    model: Option<domain::ModelName>,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let db = db.clone();
+    tokio::spawn(async move {
+        let model_condition = if model.is_some() {
+            " AND model = $3"
+        } else {
+            ""
+        };
+        let scope_n = if model.is_some() { 4 } else { 3 };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, source FROM usage_event \
+             WHERE created_at >= $1 AND created_at < $2{model_condition}{} \
+             ORDER BY created_at, usage_event_id",
+            scope_condition(&scope, scope_n)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(day_start_micros(from))
+            .bind(day_start_micros(to.succ_opt().unwrap_or(to)));
+        if let Some(m) = &model {
+            query = query.bind(m.as_str());
+        }
+        let mut rows = bind_scope(query, &scope).fetch(&db.pool);
+        let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
+        loop {
+            match rows.try_next().await {
+                Ok(Some(row)) => match event_row(&row) {
+                    Ok(event) => {
+                        chunk.push(event);
+                        if chunk.len() == EXPORT_CHUNK
+                            && sender.send(Ok(std::mem::take(&mut chunk))).await.is_err()
+                        {
+                            return; // the client went away
+                        }
+                    }
+                    Err(e) => {
+                        let _ = sender.send(Err(ledger_error(e))).await;
+                        return;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = sender.send(Err(ledger_error(e))).await;
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = sender.send(Ok(chunk)).await;
+        }
+    });
+    receiver
+}
+
+fn event_row(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
+    let facts = facts_from_row(row)?;
+    Ok(EventRow {
+        event_id: row.try_get("usage_event_id")?,
+        user_id: facts.user_id,
+        at: facts.at,
+        source: row.try_get("source")?,
+        model: facts.model,
+        input_tokens: facts.input_tokens,
+        output_tokens: facts.output_tokens,
+        total_tokens: facts.total_tokens,
+        cost_picos: facts.cost_picos,
+        conversation_id: facts.conversation,
+        agent_id: facts.agent,
+        prompt_id: facts.prompt,
+    })
 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Usage analytics at scale (issue 6): 10 million ledger events over 1,000 users and one year,
+# then: the aggregator folding them all (from an empty cursor), a full backfill of the year
+# with its verification, a user's 30-day daily stats through the API under load (wrk), and a
+# CSV export of over a million events.
+#
+#   scripts/bench/analytics.sh [sqlite|postgres]      # EVENTS=10000000 USERS=1000 by default
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+EVENTS=${EVENTS:-10000000}
+USERS=${USERS:-1000}
+DURATION=${DURATION:-15s}
+bin=target/release/tokenmeter
+[ -x "$bin" ] && [ -z "${REBUILD:-}" ] || cargo build --release -p tokenmeter --bin tokenmeter
+
+run() {
+  local url=$1
+  local t0 t1
+  echo "== bench data: $EVENTS events, $USERS users, 365 days"
+  RUST_LOG=warn "$bin" bench-data --database-url "$url" --users "$USERS" --events "$EVENTS" --days 365
+  local from to
+  from=$(date -u -d '365 days ago' +%F); to=$(date -u -d 'yesterday' +%F)
+  echo "== backfill $from..$to (the aggregator first folds every event from an empty cursor)"
+  t0=$(date +%s.%N)
+  RUST_LOG=warn "$bin" backfill --database-url "$url" --from "$from" --to "$to" 2>&1 | tr '\r' '\n' | grep -v '^\[' || true
+  t1=$(date +%s.%N); echo "backfill command total: $(echo "$t1 - $t0" | bc) s"
+  echo "== backfill again (idempotent; the cursor is current)"
+  t0=$(date +%s.%N)
+  RUST_LOG=warn "$bin" backfill --database-url "$url" --from "$from" --to "$to" 2>&1 | tr '\r' '\n' | grep -v '^\[' || true
+  t1=$(date +%s.%N); echo "second backfill total: $(echo "$t1 - $t0" | bc) s"
+
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local base="http://127.0.0.1:$port"
+  RUST_LOG=warn "$bin" create-admin --database-url "$url" --user-id bench-admin >/dev/null
+  local key; key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name bench 2>/dev/null)
+  RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
+  local pid=$!
+  trap "kill $pid 2>/dev/null || true" RETURN EXIT
+  for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
+  echo "== GET /api/usage/stats (a random user's last 30 days by day), 8 connections"
+  wrk -t2 -c8 -d"$DURATION" --latency -s scripts/bench/stats.lua "$base" -- "$USERS" "$key" \
+    | grep -E 'Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx|Socket errors'
+  echo "== CSV export of every event of the last 37 days (all users)"
+  local efrom; efrom=$(date -u -d '37 days ago' +%F)
+  curl -s -o /tmp/tokenmeter-events.csv -w 'HTTP %{http_code}, %{size_download} bytes in %{time_total} s\n' \
+    -H "Authorization: Bearer $key" "$base/api/usage/events.csv?userId=*&from=$efrom&to=$to"
+  echo "rows (without the header): $(($(wc -l < /tmp/tokenmeter-events.csv) - 1))"
+  rm -f /tmp/tokenmeter-events.csv
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  "$bin" audit --database-url "$url" | tail -1
+}
+
+case "${1:-sqlite}" in
+  sqlite) dir=$(mktemp -d); run "sqlite:$dir/bench.db"; ls -la "$dir"; rm -rf "$dir" ;;
+  postgres) scripts/with-postgres.sh bash -c "$(declare -f run); bin=$bin; USERS=$USERS; EVENTS=$EVENTS; DURATION=$DURATION; set -euo pipefail; run \"\$TOKENMETER_TEST_PG\"" ;;
+esac

@@ -1,0 +1,12 @@
+-- GET /api/usage/stats for a random user's last 30 days by day.
+-- Arguments: <users> <api key>
+local users, key
+function init(args)
+  users = tonumber(args[1])
+  key = args[2]
+  math.randomseed(os.time())
+end
+function request()
+  local path = string.format("/api/usage/stats?userId=u%d&days=30&period=day", math.random(0, users - 1))
+  return wrk.format("GET", path, { ["Authorization"] = "Bearer " .. key })
+end
