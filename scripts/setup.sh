@@ -65,6 +65,11 @@ if [ ! -d end2end/node_modules ] || ! diff -q end2end/package-lock.json end2end/
   log "npm ci (end2end)"
   (cd end2end && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The charts' ECharts, served by the app from its own assets (never a CDN).
+if ! cmp -s end2end/node_modules/echarts/dist/echarts.min.js public/echarts.min.js; then
+  log "public/echarts.min.js from the echarts npm package"
+  cp end2end/node_modules/echarts/dist/echarts.min.js public/echarts.min.js
+fi
 
 # --- Python: the OpenAI SDK, to test the gateway with a real client --------------------------
 OPENAI_SDK_VERSION=3.54.0

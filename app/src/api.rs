@@ -6,6 +6,7 @@ use domain::api::{
     ApiKeyView, CreateUserBody, CreatedApiKeyView, CreatedUserView, DemoLoginView, MeView,
     UserPageView, UserView,
 };
+use domain::stats::{StatsParams, StatsView};
 use domain::{SortDirection, UserQuery, UserSortKey};
 use leptos::prelude::*;
 
@@ -139,6 +140,18 @@ pub async fn get_user_usage(user_id: String) -> Result<UserView, AppError> {
             let caller = ssr::caller()?;
             let user_id = parse_user_id(&user_id)?;
             ssr::services()?.get_user(&caller, &user_id).await
+        }
+        .await,
+    )
+}
+
+/// Usage statistics for the usage dialog: the same query and answer as `GET /api/usage/stats`.
+#[server(prefix = "/rpc", endpoint = "usage_stats")]
+pub async fn usage_stats(params: StatsParams) -> Result<StatsView, AppError> {
+    ssr::fail(
+        async {
+            let caller = ssr::caller()?;
+            ssr::services()?.usage_stats(&caller, &params).await
         }
         .await,
     )

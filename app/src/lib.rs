@@ -4,6 +4,8 @@
 //! with `hydrate` into the WASM (the same pages made interactive). Server-only code lives behind
 //! `#[cfg(feature = "ssr")]`.
 
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod components;
 #[cfg(feature = "ssr")]
@@ -29,7 +31,7 @@ use leptos::form::ActionForm;
 use crate::components::{ToastRegion, Toasts};
 use crate::pages::{
     AccountPage, ChatPage, DashboardPage, LimitManagerPage, LoginPage, MyDashboardPage,
-    NotFoundPage, UserListPage,
+    MyUsagePage, NotFoundPage, UserListPage,
 };
 use crate::session::{AdminOnly, Session, is_admin};
 
@@ -45,6 +47,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
                 <AutoReload options=options.clone() />
                 <HydrationScripts options />
+                // ECharts for the usage charts, from this app's own assets (never a CDN).
+                <script src="/echarts.min.js" defer></script>
                 <MetaTags />
             </head>
             <body>
@@ -76,6 +80,7 @@ pub fn App() -> impl IntoView {
                             <nav aria-label="Main">
                                 <A href="/" exact=true>"Dashboard"</A>
                                 <A href="/chat">"Chat"</A>
+                                <A href="/usage">"My usage"</A>
                                 {is_admin(&Some(me.clone())).then(|| view! {
                                     <A href="/users">"Users"</A>
                                     <A href="/limits">"Limits"</A>
@@ -104,6 +109,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/limits") view=|| view! { <AdminOnly><LimitManagerPage /></AdminOnly> } />
                     <Route path=path!("/account") view=AccountPage />
                     <Route path=path!("/chat") view=ChatPage />
+                    <Route path=path!("/usage") view=MyUsagePage />
                 </Routes>
             </main>
             <ToastRegion />

@@ -211,6 +211,7 @@ const PAGES = [
   { name: "my-usage", path: "/", as: DEMO_USER },
   { name: "account", path: "/account", as: DEMO_USER },
   { name: "chat", path: "/chat", as: DEMO_USER },
+  { name: "my-usage-page", path: "/usage", as: DEMO_USER },
   { name: "not-allowed", path: "/users", as: DEMO_USER },
   { name: "users", path: "/users", as: ADMIN },
   { name: "user-details", path: "/users?user=ben.okafor", as: ADMIN },

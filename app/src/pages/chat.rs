@@ -101,6 +101,8 @@ pub fn ChatPage() -> impl IntoView {
 #[component]
 fn Chat(user_id: String) -> impl IntoView {
     let turns = RwSignal::new(Vec::<Turn>::new());
+    // The conversation the replies' usage is grouped under; a new one with each New chat.
+    let conversation_id = RwSignal::new(new_conversation_id());
     let prompt = RwSignal::new(String::new());
     let model = RwSignal::new(String::new());
     let busy = RwSignal::new(false);
@@ -180,6 +182,7 @@ fn Chat(user_id: String) -> impl IntoView {
         busy.set(true);
         let chosen = model.get_untracked();
         let body = InvokeBody {
+            conversation_id: Some(conversation_id.get_untracked()),
             messages: Some(messages),
             model: (!chosen.is_empty()).then_some(chosen),
             ..InvokeBody::default()
@@ -344,7 +347,10 @@ fn Chat(user_id: String) -> impl IntoView {
                                 type="button"
                                 class="link-button"
                                 disabled={move || busy.get() || turns.with(|t| t.is_empty())}
-                                on:click=move |_| turns.set(Vec::new())
+                                on:click=move |_| {
+                                    turns.set(Vec::new());
+                                    conversation_id.set(new_conversation_id());
+                                }
                             >
                                 "New chat"
                             </button>
@@ -524,4 +530,17 @@ async fn run_call(
         let _ = (body, turns, abort);
         CallOutcome::Refused(AppError::internal())
     }
+}
+
+/// A fresh conversation id, e.g. `chat-1a2b3c4d5e6f` (random in the browser; the server never
+/// sends a conversation, so its placeholder is never used).
+fn new_conversation_id() -> String {
+    #[cfg(feature = "hydrate")]
+    {
+        let a = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+        let b = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+        format!("chat-{:016x}", (a << 32) | b)
+    }
+    #[cfg(not(feature = "hydrate"))]
+    "chat-server".to_owned()
 }

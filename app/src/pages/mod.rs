@@ -3,6 +3,7 @@ mod chat;
 mod dashboard;
 mod limits;
 mod login;
+mod my_usage;
 mod not_found;
 mod users;
 
@@ -11,5 +12,6 @@ pub use chat::ChatPage;
 pub use dashboard::{DashboardPage, MyDashboardPage};
 pub use limits::LimitManagerPage;
 pub use login::LoginPage;
+pub use my_usage::MyUsagePage;
 pub use not_found::NotFoundPage;
 pub use users::UserListPage;

@@ -8,7 +8,7 @@ use leptos_router::NavigateOptions;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
 use crate::api::{CreateUser, list_users_page};
-use crate::components::{ErrorNotice, UsageCard};
+use crate::components::{ErrorNotice, TokenUsageModal, UsageCard};
 use crate::format::{percent, thousands, utc};
 use crate::pages::ApiKeys;
 use crate::retry::with_retry;
@@ -106,6 +106,8 @@ pub fn UserListPage() -> impl IntoView {
         }
     });
     let create = ServerAction::<CreateUser>::new();
+    // Whose usage dialog is open: (user id, display name).
+    let usage_of = RwSignal::new(None::<(String, String)>);
     let users = Resource::new(
         move || (state.get().query, create.version().get()),
         |(query, _)| async move { with_retry(|| list_users_page(query.clone())).await },
@@ -155,7 +157,7 @@ pub fn UserListPage() -> impl IntoView {
                             let go = go.clone();
                             Suspend::new(async move {
                                 match users.await {
-                                    Ok(page) => view! { <UserTable page state go /> }.into_any(),
+                                    Ok(page) => view! { <UserTable page state go usage_of /> }.into_any(),
                                     Err(error) => view! { <ErrorNotice error /> }.into_any(),
                                 }
                             })
@@ -165,6 +167,9 @@ pub fn UserListPage() -> impl IntoView {
                 </div>
                 {move || state.get().selected.map(|id| view! { <UserDetails user_id=id /> })}
             </div>
+            {move || usage_of.get().map(|(id, name)| view! {
+                <TokenUsageModal user_id=id display_name=name on_close=move |_| usage_of.set(None) />
+            })}
         </section>
     }
 }
@@ -174,6 +179,7 @@ fn UserTable(
     page: UserPageView,
     state: Memo<ListState>,
     go: impl Fn(ListState) + Clone + Send + Sync + 'static,
+    usage_of: RwSignal<Option<(String, String)>>,
 ) -> impl IntoView {
     let info = page.page;
     if page.users.is_empty() {
@@ -252,6 +258,12 @@ fn UserTable(
                     <td class="numeric">{thousands(u.remaining_tokens)}</td>
                     <td class="numeric"><MiniBar user=u.clone() /></td>
                     <td>{utc(u.last_updated)}</td>
+                    <td>
+                        <button type="button" class="link-button" aria-label=format!("View usage of {}", u.user_id) on:click={
+                            let (id, name) = (u.user_id.clone(), u.display_name.clone());
+                            move |_| usage_of.set(Some((id.clone(), name.clone())))
+                        }>"View usage"</button>
+                    </td>
                 </tr>
             }
         })
@@ -273,7 +285,7 @@ fn UserTable(
     view! {
         <div class="table-scroll">
             <table class="users" aria-label="Users and their token usage">
-                <thead><tr>{header}</tr></thead>
+                <thead><tr>{header}<th scope="col">"Usage"</th></tr></thead>
                 <tbody>{rows}</tbody>
             </table>
         </div>
