@@ -185,7 +185,7 @@ pub async fn bench_data(
         let user = NewUser::new(
             UserId::parse(&format!("u{n}"))?,
             None,
-            TokenLimit::new(i64::MAX / 4)?,
+            TokenLimit::new(1_000_000_000_000_000)?,
         );
         match ledger.create_user(user, Utc::now()).await {
             Ok(_) | Err(app::ports::LedgerError::UserExists) => {}

@@ -299,15 +299,25 @@ async fn apply_delta(
     };
     for chunk in rollups.chunks(UPSERT_CHUNK) {
         let keys: Vec<String> = (0..chunk.len())
-            .map(|n| format!("({})", placeholders(n * 3 + 1, 3)))
+            .map(|n| {
+                let p = n * 3 + 1;
+                format!(
+                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
+                    p + 1,
+                    p + 2
+                )
+            })
             .collect();
+        // A join with the keys (not `IN (VALUES …)`, which SQLite answers by scanning every
+        // rollup) finds each rollup by its primary key.
         let sql = format!(
-            "UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
-             WHERE (account_id, period, bucket) IN (VALUES {})",
+            "WITH k (k_account, k_period, k_bucket) AS (VALUES {}) \
+             UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
+             FROM k WHERE account_id = k_account AND period = k_period AND bucket = k_bucket",
+            keys.join(", "),
             count(Dimension::Conversation.code()),
             count(Dimension::Agent.code()),
             count(Dimension::Model.code()),
-            keys.join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for ((user, period, bucket), _) in chunk {
