@@ -670,21 +670,13 @@ impl StatsRow {
     }
 }
 
-/// One ledger event as the events export writes it.
+/// One ledger event as the events export writes it: what rollups know of it, plus its id and
+/// where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
     pub event_id: i64,
-    pub user_id: String,
-    pub at: DateTime<Utc>,
     pub source: String,
-    pub model: Option<String>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub total_tokens: u64,
-    pub cost_picos: u64,
-    pub conversation_id: Option<String>,
-    pub agent_id: Option<String>,
-    pub prompt_id: Option<String>,
+    pub facts: EventFacts,
 }
 
 /// The events export's header row.
@@ -706,20 +698,21 @@ pub const EVENTS_CSV_HEADER: [&str; 12] = [
 impl EventRow {
     /// The event's CSV record (cost exact, in pico-dollars; time to the microsecond, UTC).
     pub fn csv(&self) -> String {
+        let f = &self.facts;
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         csv_record(&[
             self.event_id.to_string(),
-            self.user_id.clone(),
-            self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            f.user_id.clone(),
+            f.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             self.source.clone(),
-            opt(&self.model),
-            self.input_tokens.to_string(),
-            self.output_tokens.to_string(),
-            self.total_tokens.to_string(),
-            self.cost_picos.to_string(),
-            opt(&self.conversation_id),
-            opt(&self.agent_id),
-            opt(&self.prompt_id),
+            opt(&f.model),
+            f.input_tokens.to_string(),
+            f.output_tokens.to_string(),
+            f.total_tokens.to_string(),
+            f.cost_picos.to_string(),
+            opt(&f.conversation),
+            opt(&f.agent),
+            opt(&f.prompt),
         ])
     }
 }

@@ -79,17 +79,24 @@ pub struct CreateApiKeyArgs {
     pub scopes: Vec<String>,
 }
 
+/// A range of UTC days, both ends included.
+#[derive(Debug, Clone, Args)]
+pub struct DayRangeArgs {
+    /// First day (YYYY-MM-DD, UTC).
+    #[arg(long, value_parser = parse_day)]
+    pub from: chrono::NaiveDate,
+    /// Last day (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long, value_parser = parse_day)]
+    pub to: chrono::NaiveDate,
+}
+
 /// `tokenmeter backfill`
 #[derive(Debug, Clone, Args)]
 pub struct BackfillArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// First day to rebuild (YYYY-MM-DD, UTC).
-    #[arg(long, value_parser = parse_day)]
-    pub from: chrono::NaiveDate,
-    /// Last day to rebuild (YYYY-MM-DD, UTC), inclusive.
-    #[arg(long, value_parser = parse_day)]
-    pub to: chrono::NaiveDate,
+    #[command(flatten)]
+    pub range: DayRangeArgs,
     /// Days per batch (one transaction each).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub batch_days: u32,
@@ -100,10 +107,8 @@ pub struct BackfillArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    #[arg(long, value_parser = parse_day)]
-    pub from: chrono::NaiveDate,
-    #[arg(long, value_parser = parse_day)]
-    pub to: chrono::NaiveDate,
+    #[command(flatten)]
+    pub range: DayRangeArgs,
     /// Rebuild the rollups that differ.
     #[arg(long, default_value_t = false)]
     pub repair: bool,

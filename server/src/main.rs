@@ -201,10 +201,10 @@ async fn audit(args: DbArgs) -> Result<(), BoxError> {
 }
 
 async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
-    if args.from > args.to {
+    if args.range.from > args.range.to {
         return Err(format!(
             "--from ({}) must be on or before --to ({})",
-            args.from, args.to
+            args.range.from, args.range.to
         )
         .into());
     }
@@ -215,7 +215,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     if caught_up > 0 {
         eprintln!("aggregated {caught_up} new events first");
     }
-    let batches = domain::rollup::day_batches(args.from, args.to, args.batch_days);
+    let batches = domain::rollup::day_batches(args.range.from, args.range.to, args.batch_days);
     let mut events = 0u64;
     let mut rollups = 0u64;
     for (n, (from, to)) in batches.iter().enumerate() {
@@ -241,7 +241,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     if differences == 0 {
         println!(
             "verified: every rollup from {} to {} matches the ledger",
-            args.from, args.to
+            args.range.from, args.range.to
         );
         Ok(())
     } else {
@@ -308,12 +308,12 @@ async fn verify_rollups(args: VerifyArgs) -> Result<(), BoxError> {
     let (_, ledger) = open_services(&args.db.database_url, AuthSettings::default()).await?;
     ledger.catch_up_fully().await?;
     let v = ledger
-        .verify_rollups(args.from, args.to, args.repair)
+        .verify_rollups(args.range.from, args.range.to, args.repair)
         .await?;
     let differences = report_verification(&v);
     println!(
         "checked {} rollups over {} events from {} to {}",
-        v.rollups, v.events, args.from, args.to
+        v.rollups, v.events, args.range.from, args.range.to
     );
     if differences == 0 {
         println!("verified: the rollups match the ledger");

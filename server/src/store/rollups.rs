@@ -898,19 +898,9 @@ pub(super) fn export_events(
 }
 
 fn event_row(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
-    let facts = facts_from_row(row)?;
     Ok(EventRow {
         event_id: row.try_get("usage_event_id")?,
-        user_id: facts.user_id,
-        at: facts.at,
         source: row.try_get("source")?,
-        model: facts.model,
-        input_tokens: facts.input_tokens,
-        output_tokens: facts.output_tokens,
-        total_tokens: facts.total_tokens,
-        cost_picos: facts.cost_picos,
-        conversation_id: facts.conversation,
-        agent_id: facts.agent,
-        prompt_id: facts.prompt,
+        facts: facts_from_row(row)?,
     })
 }
