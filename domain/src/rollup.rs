@@ -200,26 +200,27 @@ impl RollupDelta {
 
     pub fn add(&mut self, e: &EventFacts) {
         for period in Period::ALL {
-            let bucket = period.bucket(e.at);
             self.rollups
-                .entry((e.user_id.clone(), period, bucket))
+                .entry((e.user_id.clone(), period, period.bucket(e.at)))
                 .or_default()
                 .add_event(e);
-            // Events without a value are kept under "" (never a valid id), so a grouping by
-            // model still adds up to the whole; distinct counts skip it.
-            for dimension in Dimension::ALL {
-                let value = e.value_of(dimension).unwrap_or(NO_VALUE);
-                self.members
-                    .entry((
-                        e.user_id.clone(),
-                        period,
-                        bucket,
-                        dimension,
-                        value.to_owned(),
-                    ))
-                    .or_default()
-                    .add_event(e);
-            }
+        }
+        // Members are kept per day only: a week's or a month's distinct counts are the distinct
+        // members of its days. Events without a value are kept under "" (never a valid id), so a
+        // grouping by model still adds up to the whole; distinct counts skip it.
+        let day = Period::Day.bucket(e.at);
+        for dimension in Dimension::ALL {
+            let value = e.value_of(dimension).unwrap_or(NO_VALUE);
+            self.members
+                .entry((
+                    e.user_id.clone(),
+                    Period::Day,
+                    day,
+                    dimension,
+                    value.to_owned(),
+                ))
+                .or_default()
+                .add_event(e);
         }
     }
 
@@ -241,16 +242,28 @@ impl RollupDelta {
             .iter()
             .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
             .collect();
-        for (user, period, bucket, dimension, value) in self.members.keys() {
-            if value == NO_VALUE {
+        // Each period's distinct (dimension, value) pairs, from its days' members.
+        let mut distinct: BTreeMap<RollupKey, BTreeSet<(Dimension, &str)>> = BTreeMap::new();
+        for (user, _, day, dimension, value) in self.members.keys() {
+            if value == NO_VALUE || *dimension == Dimension::Prompt {
                 continue;
             }
-            if let Some(r) = out.get_mut(&(user.clone(), *period, *bucket)) {
-                match dimension {
-                    Dimension::Conversation => r.conversations += 1,
-                    Dimension::Agent => r.agents += 1,
-                    Dimension::Model => r.models += 1,
-                    Dimension::Prompt => {}
+            for period in Period::ALL {
+                distinct
+                    .entry((user.clone(), period, period.bucket_of_day(*day)))
+                    .or_default()
+                    .insert((*dimension, value.as_str()));
+            }
+        }
+        for (key, pairs) in distinct {
+            if let Some(r) = out.get_mut(&key) {
+                for (dimension, _) in pairs {
+                    match dimension {
+                        Dimension::Conversation => r.conversations += 1,
+                        Dimension::Agent => r.agents += 1,
+                        Dimension::Model => r.models += 1,
+                        Dimension::Prompt => {}
+                    }
                 }
             }
         }

@@ -64,7 +64,7 @@ fn log_check(from: chrono::NaiveDate, to: chrono::NaiveDate, v: &Verification) {
     if v.matches() {
         tracing::info!(%from, %to, events = v.events, rollups = v.rollups, "rollups verified: they match the ledger");
     } else {
-        tracing::warn!(%from, %to, differences = v.differences.len(), repaired = v.repaired, "rollups differed from the ledger");
+        tracing::warn!(%from, %to, differences = v.differences.len(), member_differences = v.member_differences.len(), repaired = v.repaired, "rollups differed from the ledger");
     }
 }
 

@@ -279,7 +279,26 @@ fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
             show(&d.expected)
         );
     }
-    v.differences.len()
+    for d in &v.member_differences {
+        let show = |s: &Option<domain::rollup::Sums>| match s {
+            Some(s) => format!("{} tokens, {} messages", s.total_tokens, s.messages),
+            None => "nothing".to_owned(),
+        };
+        let value = if d.value.is_empty() {
+            "(none)"
+        } else {
+            &d.value
+        };
+        println!(
+            "DIFFERS {} day {} {:?} {value}: stored {}, ledger {}",
+            d.user_id,
+            d.day,
+            d.dimension,
+            show(&d.stored),
+            show(&d.expected)
+        );
+    }
+    v.differences.len() + v.member_differences.len()
 }
 
 async fn bench_data(args: BenchDataArgs) -> Result<(), BoxError> {

@@ -376,9 +376,26 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         ),
         ("u0", broken)
     );
-    // u1's lost member made its rollup count one conversation too few at the next recount? No:
-    // counts are stored, so the lost member shows only after the repair recounts; either way
-    // after the repair everything equals the reference.
+    // u1's lost conversation members (all of that day's) are found too: groupings by
+    // conversation and distinct counts read members.
+    let lost_conversations = specs
+        .iter()
+        .filter(|s| s.user == "u1" && s.at.date_naive() == broken)
+        .filter_map(|s| s.conversation.clone())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(!lost_conversations.is_empty());
+    assert_eq!(
+        found.member_differences.len(),
+        lost_conversations.len(),
+        "{found:?}"
+    );
+    for lost in &found.member_differences {
+        assert_eq!(
+            (lost.user_id.as_str(), lost.day, lost.dimension),
+            ("u1", broken, domain::rollup::Dimension::Conversation)
+        );
+        assert!(lost.stored.is_none() && lost.expected.is_some(), "{lost:?}");
+    }
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
     assert_eq!(stored_rollups(ledger.db()).await, expected);
     assert!(

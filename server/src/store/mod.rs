@@ -23,7 +23,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use rollups::{Cursor, Rebuilt, RollupDifference, Verification};
+pub use rollups::{Cursor, MemberDifference, Rebuilt, RollupDifference, Verification};
 pub use usage::{LedgerAudit, WriterConfig};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");

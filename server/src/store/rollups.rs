@@ -290,28 +290,31 @@ async fn apply_delta(
         query.execute(&mut **tx).await?;
     }
 
+    // Distinct members of the rollup's days (members are kept per day).
     let count = |code: &str| {
         format!(
-            "(SELECT COUNT(*) FROM usage_rollup_member m WHERE m.account_id = usage_rollup.account_id \
-             AND m.period = usage_rollup.period AND m.bucket = usage_rollup.bucket \
+            "(SELECT COUNT(DISTINCT m.value) FROM usage_rollup_member m \
+             WHERE m.account_id = usage_rollup.account_id AND m.period = 'day' \
+             AND m.bucket >= usage_rollup.bucket AND m.bucket <= k_last \
              AND m.dimension = '{code}' AND m.value <> '')"
         )
     };
     for chunk in rollups.chunks(UPSERT_CHUNK) {
         let keys: Vec<String> = (0..chunk.len())
             .map(|n| {
-                let p = n * 3 + 1;
+                let p = n * 4 + 1;
                 format!(
-                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
+                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
                     p + 1,
-                    p + 2
+                    p + 2,
+                    p + 3
                 )
             })
             .collect();
         // A join with the keys (not `IN (VALUES …)`, which SQLite answers by scanning every
         // rollup) finds each rollup by its primary key.
         let sql = format!(
-            "WITH k (k_account, k_period, k_bucket) AS (VALUES {}) \
+            "WITH k (k_account, k_period, k_bucket, k_last) AS (VALUES {}) \
              UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
              FROM k WHERE account_id = k_account AND period = k_period AND bucket = k_bucket",
             keys.join(", "),
@@ -324,7 +327,8 @@ async fn apply_delta(
             query = query
                 .bind(user.as_str())
                 .bind(period.as_str())
-                .bind(bucket.to_string());
+                .bind(bucket.to_string())
+                .bind(period.last_day(*bucket).to_string());
         }
         query.execute(&mut **tx).await?;
     }
@@ -355,15 +359,15 @@ fn covered_days(from: NaiveDate, to: NaiveDate) -> (NaiveDate, NaiveDate) {
     (start, end)
 }
 
-/// The rollups the ledger's processed events give for every bucket the range touches, computed
-/// from scratch, and how many of the events read fall in the range itself.
+/// The rollups (and the delta that writes them) the ledger's processed events give for every
+/// bucket the range touches, computed from scratch, and how many of the events read fall in the range itself.
 async fn expected_delta(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
     cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<(RollupDelta, u64), sqlx::Error> {
+) -> Result<(RollupDelta, BTreeMap<RollupKey, Rollup>, u64), sqlx::Error> {
     let (start, end) = covered_days(from, to);
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
@@ -392,9 +396,12 @@ async fn expected_delta(
             .iter()
             .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
     };
+    // The whole rollups (distinct counts need every day of a week or month), then the delta.
+    let mut expected = delta.to_rollups();
+    expected.retain(|(_, p, b), _| inside(*p, *b));
     delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
     delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
-    Ok((delta, events))
+    Ok((delta, expected, events))
 }
 
 /// What a rebuild did.
@@ -431,7 +438,7 @@ async fn rebuild_in(
     to: NaiveDate,
 ) -> Result<Rebuilt, sqlx::Error> {
     let cursor = lock_cursor(tx, dialect).await?;
-    let (delta, events) = expected_delta(tx, dialect, cursor, from, to).await?;
+    let (delta, _, events) = expected_delta(tx, dialect, cursor, from, to).await?;
     for (period, first, last) in bucket_ranges(from, to) {
         for table in ["usage_rollup", "usage_rollup_member"] {
             sqlx::query(AssertSqlSafe(format!(
@@ -461,20 +468,84 @@ pub struct RollupDifference {
     pub expected: Option<Rollup>,
 }
 
+/// One day's member (conversation, agent, model or prompt) whose sums are not what the ledger
+/// says: groupings by model, agent or prompt and the distinct counts are read from members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDifference {
+    pub user_id: String,
+    pub day: NaiveDate,
+    pub dimension: Dimension,
+    /// "" for events without one.
+    pub value: String,
+    pub stored: Option<Sums>,
+    pub expected: Option<Sums>,
+}
+
 /// The rollups of a day range checked against the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verification {
     pub events: u64,
     pub rollups: u64,
     pub differences: Vec<RollupDifference>,
+    pub member_differences: Vec<MemberDifference>,
     /// Rollups repaired (rebuilt) because they differed.
     pub repaired: bool,
 }
 
 impl Verification {
     pub fn matches(&self) -> bool {
-        self.differences.is_empty()
+        self.differences.is_empty() && self.member_differences.is_empty()
     }
+}
+
+/// Everything that is in one map and not the same in the other, by key.
+fn differing<K: Ord + Clone, V: PartialEq + Clone>(
+    stored: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) -> Vec<(K, Option<V>, Option<V>)> {
+    let keys: std::collections::BTreeSet<&K> = stored.keys().chain(expected.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (s, e) = (stored.get(key), expected.get(key));
+            (s != e).then(|| (key.clone(), s.cloned(), e.cloned()))
+        })
+        .collect()
+}
+
+async fn stored_day_members(
+    tx: &mut Transaction<'_, Any>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<BTreeMap<MemberKey, Sums>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT account_id, bucket, dimension, value, input_tokens, output_tokens, total_tokens, \
+         cost_picos, messages, last_activity_at \
+         FROM usage_rollup_member WHERE period = 'day' AND bucket >= $1 AND bucket <= $2",
+    )
+    .bind(from.to_string())
+    .bind(to.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    let bad =
+        |what: &str| sqlx::Error::Decode(format!("usage_rollup_member has a bad {what}").into());
+    let mut members = BTreeMap::new();
+    for row in &rows {
+        let day = NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
+            .map_err(|_| bad("bucket"))?;
+        let dimension = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
+            .ok_or_else(|| bad("dimension"))?;
+        members.insert(
+            (
+                row.try_get("account_id")?,
+                Period::Day,
+                day,
+                dimension,
+                row.try_get("value")?,
+            ),
+            sums_from_row(row)?,
+        );
+    }
+    Ok(members)
 }
 
 fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
@@ -515,10 +586,9 @@ pub(super) async fn verify(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let (delta, events) = expected_delta(&mut tx, db.dialect, cursor, from, to)
+        let (delta, expected, events) = expected_delta(&mut tx, db.dialect, cursor, from, to)
             .await
             .map_err(ledger_error)?;
-        let expected = delta.to_rollups();
         let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
         for (period, first, last) in bucket_ranges(from, to) {
             let rows = sqlx::query(
@@ -537,24 +607,35 @@ pub(super) async fn verify(
                 stored.insert(key, rollup);
             }
         }
-        let mut differences = Vec::new();
-        for key in expected
-            .keys()
-            .chain(stored.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let (s, e) = (stored.get(key), expected.get(key));
-            if s != e {
-                differences.push(RollupDifference {
-                    user_id: key.0.clone(),
-                    period: key.1,
-                    bucket: key.2,
-                    stored: s.cloned(),
-                    expected: e.cloned(),
-                });
-            }
-        }
-        let repaired = repair && !differences.is_empty();
+        let differences: Vec<RollupDifference> = differing(&stored, &expected)
+            .into_iter()
+            .map(
+                |((user_id, period, bucket), stored, expected)| RollupDifference {
+                    user_id,
+                    period,
+                    bucket,
+                    stored,
+                    expected,
+                },
+            )
+            .collect();
+        let stored_members = stored_day_members(&mut tx, from, to)
+            .await
+            .map_err(ledger_error)?;
+        let member_differences: Vec<MemberDifference> = differing(&stored_members, &delta.members)
+            .into_iter()
+            .map(
+                |((user_id, _, day, dimension, value), stored, expected)| MemberDifference {
+                    user_id,
+                    day,
+                    dimension,
+                    value,
+                    stored,
+                    expected,
+                },
+            )
+            .collect();
+        let repaired = repair && !(differences.is_empty() && member_differences.is_empty());
         if repaired {
             rebuild_in(&mut tx, db.dialect, from, to)
                 .await
@@ -567,6 +648,7 @@ pub(super) async fn verify(
             events,
             rollups: expected.len() as u64,
             differences,
+            member_differences,
             repaired,
         })
     })
@@ -632,13 +714,13 @@ const SUMS_SELECT: &str = "CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
      CAST(SUM(messages) AS BIGINT) AS messages, \
      MAX(last_activity_at) AS last_activity_at";
 
-/// Distinct conversations (per user), agents and models in the members of a period's buckets,
-/// grouped by the column `group`, or in one group `""` when `None`.
+/// Distinct conversations (per user), agents and models among the members of the days `from` to
+/// `to` (members are kept per day), grouped by the column `group`, or in one group `""` when
+/// `None`.
 async fn distinct_counts(
     db: &Db,
-    period: Period,
-    first: NaiveDate,
-    last: NaiveDate,
+    from: NaiveDate,
+    to: NaiveDate,
     scope: &StatsScope,
     group: Option<&str>,
 ) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
@@ -652,14 +734,13 @@ async fn distinct_counts(
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models \
          FROM usage_rollup_member \
-         WHERE period = $1 AND bucket >= $2 AND bucket <= $3 AND dimension IN ('c', 'a', 'm') \
+         WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension IN ('c', 'a', 'm') \
            AND value <> ''{}{group_by}",
-        scope_condition(scope, 4)
+        scope_condition(scope, 3)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(period.as_str())
-        .bind(first.to_string())
-        .bind(last.to_string());
+        .bind(from.to_string())
+        .bind(to.to_string());
     let rows = bind_scope(query, scope).fetch_all(&db.pool).await?;
     let mut out = HashMap::new();
     for row in rows {
@@ -670,6 +751,47 @@ async fn distinct_counts(
         );
     }
     Ok(out)
+}
+
+/// Distinct agents and models per bucket of `period` (keyed by the bucket's first day), from
+/// the distinct members of each day.
+async fn distinct_per_bucket(
+    db: &Db,
+    period: Period,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: &StatsScope,
+) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
+    if period == Period::Day {
+        return distinct_counts(db, from, to, scope, Some("bucket")).await;
+    }
+    let sql = format!(
+        "SELECT DISTINCT bucket, dimension, value FROM usage_rollup_member \
+         WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension IN ('a', 'm') \
+           AND value <> ''{}",
+        scope_condition(scope, 3)
+    );
+    let query = sqlx::query(AssertSqlSafe(sql))
+        .bind(from.to_string())
+        .bind(to.to_string());
+    let mut seen: HashMap<String, std::collections::HashSet<(String, String)>> = HashMap::new();
+    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
+        let day: String = row.try_get("bucket")?;
+        let Ok(day) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") else {
+            continue;
+        };
+        seen.entry(period.bucket_of_day(day).to_string())
+            .or_default()
+            .insert((row.try_get("dimension")?, row.try_get("value")?));
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(bucket, pairs)| {
+            let agents = pairs.iter().filter(|(d, _)| d == "a").count() as u64;
+            let models = pairs.iter().filter(|(d, _)| d == "m").count() as u64;
+            (bucket, [0, agents, models])
+        })
+        .collect())
 }
 
 /// Statistics from the rollups (or, with a model filter, from the ledger's events).
@@ -711,7 +833,7 @@ async fn stats_from_rollups(
     } else {
         Sums::default()
     };
-    let distinct = distinct_counts(db, period, first, last, scope, None)
+    let distinct = distinct_counts(db, from, to, scope, None)
         .await?
         .remove("")
         .unwrap_or_default();
@@ -728,7 +850,7 @@ async fn stats_from_rollups(
                 .bind(period.as_str())
                 .bind(first.to_string())
                 .bind(last.to_string());
-            let counts = distinct_counts(db, period, first, last, scope, Some("bucket")).await?;
+            let counts = distinct_per_bucket(db, period, from, to, scope).await?;
             let mut rows = Vec::new();
             for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
                 let key: String = row.try_get("grp")?;
@@ -745,13 +867,13 @@ async fn stats_from_rollups(
         (None, Some(dimension)) => {
             let sql = format!(
                 "SELECT value AS grp, {SUMS_SELECT} FROM usage_rollup_member \
-                 WHERE period = $1 AND bucket >= $2 AND bucket <= $3 AND dimension = $4{} GROUP BY value",
-                scope_condition(scope, 5)
+                 WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension = $3{} GROUP BY value",
+                scope_condition(scope, 4)
             );
+            // Members are kept per day; the range covers whole weeks or months already.
             let q = sqlx::query(AssertSqlSafe(sql))
-                .bind(period.as_str())
-                .bind(first.to_string())
-                .bind(last.to_string())
+                .bind(from.to_string())
+                .bind(to.to_string())
                 .bind(dimension.code());
             let mut rows = Vec::new();
             for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
@@ -771,8 +893,7 @@ async fn stats_from_rollups(
                 .bind(period.as_str())
                 .bind(first.to_string())
                 .bind(last.to_string());
-            let counts =
-                distinct_counts(db, period, first, last, scope, Some("account_id")).await?;
+            let counts = distinct_counts(db, from, to, scope, Some("account_id")).await?;
             let mut rows = Vec::new();
             for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
                 let user: String = row.try_get("grp")?;
