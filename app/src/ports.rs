@@ -118,6 +118,8 @@ pub trait Ledger: Send + Sync + 'static {
         to: chrono::NaiveDate,
         model: Option<domain::ModelName>,
     ) -> tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>>;
+    /// How far the usage rollups are behind the ledger at `now`.
+    async fn aggregator_status(&self, now: DateTime<Utc>) -> Result<AggregatorStatus, LedgerError>;
     /// Whether the database answers.
     async fn ping(&self) -> bool;
 }
@@ -305,4 +307,20 @@ pub trait Tokenizer: Send + Sync + 'static {
             .sum::<u64>()
             + 3
     }
+}
+
+/// How far the usage rollups (what statistics read) are behind the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatorStatus {
+    /// Recorded events the aggregator has not folded into the rollups yet.
+    pub pending_events: u64,
+    /// When the oldest of them was recorded.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// How long the oldest pending event has waited, in milliseconds (0 when none waits).
+    pub lag_ms: u64,
+    /// When the aggregator last moved its cursor.
+    pub cursor_moved_at: DateTime<Utc>,
+    /// The last day the nightly check verified against the ledger.
+    pub verified_through: Option<chrono::NaiveDate>,
 }

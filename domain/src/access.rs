@@ -149,6 +149,8 @@ pub enum Action<'a> {
     ChangeOwnPassword(&'a UserId),
     /// Call a model on a user's budget: one's own, or anyone's for an admin.
     InvokeModel(&'a UserId),
+    /// See how the system is doing (e.g. how far the usage rollups are behind the ledger).
+    ReadSystemStatus,
 }
 
 /// Why an action was refused.
@@ -179,7 +181,8 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Denied> {
         | Action::CreateUser
         | Action::SetLimit(_)
         | Action::GrantScopes
-        | Action::ResetPassword(_) => Err(Denied::AdminOnly),
+        | Action::ResetPassword(_)
+        | Action::ReadSystemStatus => Err(Denied::AdminOnly),
         Action::RecordUsage(_) if caller.has_scope(Scope::UsageRecord) => Ok(()),
         Action::RecordUsage(_) => Err(Denied::AdminOnly),
         Action::ReadUser(target) | Action::ManageKeys(target) | Action::InvokeModel(target) => {

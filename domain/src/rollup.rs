@@ -234,6 +234,27 @@ impl RollupDelta {
         }
     }
 
+    /// The conversations, agents and models (with a value) each rollup of every period has seen:
+    /// a week's or a month's are those of its days. Their number is the rollup's distinct count.
+    pub fn distinct_members(&self) -> BTreeSet<MemberKey> {
+        let mut out = BTreeSet::new();
+        for (user, _, day, dimension, value) in self.members.keys() {
+            if value == NO_VALUE || *dimension == Dimension::Prompt {
+                continue;
+            }
+            for period in Period::ALL {
+                out.insert((
+                    user.clone(),
+                    period,
+                    period.bucket_of_day(*day),
+                    *dimension,
+                    value.clone(),
+                ));
+            }
+        }
+        out
+    }
+
     /// The full rollups this delta amounts to, applied to nothing: sums, with distinct counts
     /// from the members.
     pub fn to_rollups(&self) -> BTreeMap<RollupKey, Rollup> {
@@ -242,28 +263,13 @@ impl RollupDelta {
             .iter()
             .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
             .collect();
-        // Each period's distinct (dimension, value) pairs, from its days' members.
-        let mut distinct: BTreeMap<RollupKey, BTreeSet<(Dimension, &str)>> = BTreeMap::new();
-        for (user, _, day, dimension, value) in self.members.keys() {
-            if value == NO_VALUE || *dimension == Dimension::Prompt {
-                continue;
-            }
-            for period in Period::ALL {
-                distinct
-                    .entry((user.clone(), period, period.bucket_of_day(*day)))
-                    .or_default()
-                    .insert((*dimension, value.as_str()));
-            }
-        }
-        for (key, pairs) in distinct {
-            if let Some(r) = out.get_mut(&key) {
-                for (dimension, _) in pairs {
-                    match dimension {
-                        Dimension::Conversation => r.conversations += 1,
-                        Dimension::Agent => r.agents += 1,
-                        Dimension::Model => r.models += 1,
-                        Dimension::Prompt => {}
-                    }
+        for (user, period, bucket, dimension, _) in self.distinct_members() {
+            if let Some(r) = out.get_mut(&(user, period, bucket)) {
+                match dimension {
+                    Dimension::Conversation => r.conversations += 1,
+                    Dimension::Agent => r.agents += 1,
+                    Dimension::Model => r.models += 1,
+                    Dimension::Prompt => {}
                 }
             }
         }

@@ -41,6 +41,7 @@ fn every_action(target: &UserId) -> Vec<Action<'_>> {
         Action::ResetPassword(target),
         Action::ChangeOwnPassword(target),
         Action::InvokeModel(target),
+        Action::ReadSystemStatus,
     ]
 }
 

@@ -441,7 +441,19 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
         .pop()
         .unwrap()
         .unwrap();
+    // Until the aggregator runs, the late event is pending, as old as it is.
+    let now = Utc::now();
+    let waiting = app::ports::Ledger::aggregator_status(ledger.as_ref(), now)
+        .await
+        .unwrap();
+    assert_eq!(waiting.pending_events, 1, "{waiting:?}");
+    assert_eq!(waiting.oldest_pending_at, Some(late.at));
+    assert_eq!(waiting.lag_ms, (now - late.at).num_milliseconds() as u64);
     ledger.catch_up_fully().await.unwrap();
+    let done = app::ports::Ledger::aggregator_status(ledger.as_ref(), now)
+        .await
+        .unwrap();
+    assert_eq!((done.pending_events, done.lag_ms), (0, 0), "{done:?}");
     let mut all: Vec<_> = specs.iter().map(Spec::facts).collect();
     all.push(late.facts());
     assert_eq!(stored_rollups(ledger.db()).await, rollups_of(&all));
@@ -645,6 +657,7 @@ async fn stats_are_only_for_those_allowed(db: common::TestDb) {
         "/api/usage/stats?userId=u1",
         "/api/usage/stats?userId=*",
         "/api/usage/export.csv?userId=u1",
+        "/api/usage/aggregator",
     ] {
         let (status, body) = api.get(&u0, path).await;
         assert_eq!(status, 403, "{path}: {body}");
@@ -657,6 +670,15 @@ async fn stats_are_only_for_those_allowed(db: common::TestDb) {
             "{body}"
         );
     }
+    // An admin sees how far the rollups are behind: nothing after a stats read caught up.
+    api.stats(&api.admin, "userId=*").await;
+    let (status, body) = api.get(&api.admin, "/api/usage/aggregator").await;
+    assert_eq!(status, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["pendingEvents"], 0, "{status}");
+    assert_eq!(status["lagMs"], 0, "{status}");
+    assert!(status["oldestPendingAt"].is_null(), "{status}");
+    assert!(status["cursorMovedAt"].is_string(), "{status}");
     // Nobody without credentials.
     let res = Client::new()
         .get(format!("{}/api/usage/stats", api.base))

@@ -8,9 +8,15 @@ use domain::{Action, Caller, Role};
 
 use super::{Services, allow};
 use crate::error::AppError;
-use crate::ports::LedgerError;
+use crate::ports::{AggregatorStatus, LedgerError};
 
 impl Services {
+    /// How far the usage rollups are behind the ledger (administrators only).
+    pub async fn aggregator_status(&self, caller: &Caller) -> Result<AggregatorStatus, AppError> {
+        allow(caller, Action::ReadSystemStatus)?;
+        Ok(self.ledger.aggregator_status(Utc::now()).await?)
+    }
+
     /// One page of usage statistics. Without a user id an administrator sees everyone and a
     /// user themselves; a user asking for someone else gets 403 before anything is read.
     pub async fn usage_stats(

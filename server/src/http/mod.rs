@@ -47,6 +47,7 @@ pub fn api_router(services: Services) -> Router {
         .route("/usage/stats", get(stats::usage_stats))
         .route("/usage/export.csv", get(stats::export_csv))
         .route("/usage/events.csv", get(stats::export_events_csv))
+        .route("/usage/aggregator", get(stats::aggregator_status))
         .fallback(|| async { error::not_found_route() })
         .method_not_allowed_fallback(|| async { error::method_not_allowed() })
         .with_state(services.clone());

@@ -31,6 +31,15 @@ fn params(query: &HashMap<String, String>) -> StatsParams {
     }
 }
 
+/// `GET /api/usage/aggregator`: how far the rollups are behind the ledger (admins), for
+/// monitoring and the lag benchmark.
+pub(super) async fn aggregator_status(
+    State(services): State<Services>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<app::ports::AggregatorStatus>, ApiError> {
+    Ok(Json(services.aggregator_status(&caller).await?))
+}
+
 pub(super) async fn usage_stats(
     State(services): State<Services>,
     Authenticated(caller): Authenticated,

@@ -426,6 +426,24 @@ impl Ledger for SqlLedger {
         rollups::export_events(&self.db, scope.clone(), from, to, model)
     }
 
+    async fn aggregator_status(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<app::ports::AggregatorStatus, LedgerError> {
+        let (pending_events, oldest_pending_at) = rollups::pending(&self.db).await?;
+        let (_, cursor_moved_at) = rollups::cursor_position(&self.db).await?;
+        let lag_ms = oldest_pending_at
+            .map(|t| (now - t).num_milliseconds().max(0) as u64)
+            .unwrap_or(0);
+        Ok(app::ports::AggregatorStatus {
+            pending_events,
+            oldest_pending_at,
+            lag_ms,
+            cursor_moved_at,
+            verified_through: rollups::verified_through(&self.db).await?,
+        })
+    }
+
     async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.db.pool).await.is_ok()
     }

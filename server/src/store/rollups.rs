@@ -12,7 +12,7 @@
 //! (writing transaction, id) order and only from transactions older than every one still
 //! running (`pg_snapshot_xmin`), so no event can appear behind the cursor later.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use app::ports::LedgerError;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -141,7 +141,9 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
         for row in &rows {
             delta.add(&facts_from_row(row).map_err(ledger_error)?);
         }
-        apply_delta(&mut tx, db.dialect, &delta).await.map_err(ledger_error)?;
+        apply_delta(&mut tx, db.dialect, &delta, &delta.distinct_members())
+            .await
+            .map_err(ledger_error)?;
         sqlx::query(
             "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
         )
@@ -183,6 +185,40 @@ pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
     Ok(behind)
 }
 
+/// How many recorded events the aggregator has not read, and when the first of them (in the
+/// aggregator's order) was recorded.
+pub(super) async fn pending(db: &Db) -> Result<(u64, Option<DateTime<Utc>>), LedgerError> {
+    let after = match db.dialect {
+        Dialect::Sqlite => {
+            "FROM usage_event WHERE usage_event_id > \
+             (SELECT last_event_id FROM rollup_cursor WHERE name = $1)"
+        }
+        Dialect::Postgres => {
+            "FROM usage_event, rollup_cursor c WHERE c.name = $1 AND \
+             (tx_id, usage_event_id) > (CAST(CAST(c.last_tx AS TEXT) AS xid8), c.last_event_id)"
+        }
+    };
+    let order = match db.dialect {
+        Dialect::Sqlite => "usage_event_id",
+        Dialect::Postgres => "tx_id, usage_event_id",
+    };
+    let count: i64 = sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n {after}")))
+        .bind(CURSOR)
+        .fetch_one(&db.pool)
+        .await
+        .and_then(|row| row.try_get("n"))
+        .map_err(ledger_error)?;
+    let first: Option<i64> = sqlx::query(AssertSqlSafe(format!(
+        "SELECT created_at {after} ORDER BY {order} LIMIT 1"
+    )))
+    .bind(CURSOR)
+    .fetch_optional(&db.pool)
+    .await
+    .and_then(|row| row.map(|r| r.try_get("created_at")).transpose())
+    .map_err(ledger_error)?;
+    Ok((count.max(0) as u64, first.map(from_micros)))
+}
+
 fn greatest(dialect: Dialect, a: &str, b: &str) -> String {
     match dialect {
         // SQLite's two-argument max() is NULL when either is.
@@ -212,12 +248,14 @@ fn sum_values(s: &Sums) -> [i64; 5] {
 /// Rows per multi-row upsert (11 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
 
-/// Adds a delta to the stored rollups and members, then recounts the distinct members of every
-/// rollup it touched.
+/// Adds a delta to the stored rollups and members: sums, then distinct counts. `distinct` holds
+/// the conversations, agents and models each touched rollup has in the delta
+/// (`RollupDelta::distinct_members`; for a rebuild, those of whole weeks and months).
 async fn apply_delta(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
     delta: &RollupDelta,
+    distinct: &BTreeSet<MemberKey>,
 ) -> Result<(), sqlx::Error> {
     let additions = |table: &str| {
         SUM_COLUMNS
@@ -290,45 +328,118 @@ async fn apply_delta(
         query.execute(&mut **tx).await?;
     }
 
-    // Distinct members of the rollup's days (members are kept per day).
+    // A day's distinct counts: its members (a handful per day), found by primary key.
     let count = |code: &str| {
         format!(
-            "(SELECT COUNT(DISTINCT m.value) FROM usage_rollup_member m \
+            "(SELECT COUNT(*) FROM usage_rollup_member m \
              WHERE m.account_id = usage_rollup.account_id AND m.period = 'day' \
-             AND m.bucket >= usage_rollup.bucket AND m.bucket <= k_last \
-             AND m.dimension = '{code}' AND m.value <> '')"
+             AND m.bucket = usage_rollup.bucket AND m.dimension = '{code}' AND m.value <> '')"
         )
     };
-    for chunk in rollups.chunks(UPSERT_CHUNK) {
+    let days: Vec<&RollupKey> = delta
+        .rollups
+        .keys()
+        .filter(|(_, period, _)| *period == Period::Day)
+        .collect();
+    for chunk in days.chunks(UPSERT_CHUNK) {
         let keys: Vec<String> = (0..chunk.len())
             .map(|n| {
-                let p = n * 4 + 1;
-                format!(
-                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT))",
-                    p + 1,
-                    p + 2,
-                    p + 3
-                )
+                let p = n * 2 + 1;
+                format!("(CAST(${p} AS TEXT), CAST(${} AS TEXT))", p + 1)
             })
             .collect();
         // A join with the keys (not `IN (VALUES …)`, which SQLite answers by scanning every
         // rollup) finds each rollup by its primary key.
         let sql = format!(
-            "WITH k (k_account, k_period, k_bucket, k_last) AS (VALUES {}) \
+            "WITH k (k_account, k_bucket) AS (VALUES {}) \
              UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
-             FROM k WHERE account_id = k_account AND period = k_period AND bucket = k_bucket",
+             FROM k WHERE account_id = k_account AND period = 'day' AND bucket = k_bucket",
             keys.join(", "),
             count(Dimension::Conversation.code()),
             count(Dimension::Agent.code()),
             count(Dimension::Model.code()),
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for ((user, period, bucket), _) in chunk {
+        for (user, _, bucket) in chunk {
+            query = query.bind(user.as_str()).bind(bucket.to_string());
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    // A week's or a month's: the values it has not seen before raise its counts.
+    let longer: Vec<&MemberKey> = distinct
+        .iter()
+        .filter(|(_, period, _, _, _)| *period != Period::Day)
+        .collect();
+    let mut raised: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
+    for chunk in longer.chunks(UPSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
+             VALUES {} ON CONFLICT (account_id, period, bucket, dimension, value) DO NOTHING \
+             RETURNING account_id, period, bucket, dimension",
+            (0..chunk.len())
+                .map(|n| format!("({})", placeholders(n * 5 + 1, 5)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (user, period, bucket, dimension, value) in chunk {
             query = query
                 .bind(user.as_str())
                 .bind(period.as_str())
                 .bind(bucket.to_string())
-                .bind(period.last_day(*bucket).to_string());
+                .bind(dimension.code())
+                .bind(value.as_str());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let bad = || sqlx::Error::Decode("usage_rollup_distinct has a bad row".into());
+            let period = Period::parse(&row.try_get::<String, _>("period")?).map_err(|_| bad())?;
+            let bucket =
+                NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
+                    .map_err(|_| bad())?;
+            let slot = match Dimension::from_code(&row.try_get::<String, _>("dimension")?) {
+                Some(Dimension::Conversation) => 0,
+                Some(Dimension::Agent) => 1,
+                Some(Dimension::Model) => 2,
+                _ => return Err(bad()),
+            };
+            raised
+                .entry((row.try_get("account_id")?, period, bucket))
+                .or_default()[slot] += 1;
+        }
+    }
+    let raised: Vec<(RollupKey, [i64; 3])> = raised.into_iter().collect();
+    for chunk in raised.chunks(UPSERT_CHUNK) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|n| {
+                let p = n * 6 + 1;
+                format!(
+                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
+                     CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "WITH d (d_account, d_period, d_bucket, d_c, d_a, d_m) AS (VALUES {}) \
+             UPDATE usage_rollup SET conversations = conversations + d_c, agents = agents + d_a, \
+             models = models + d_m \
+             FROM d WHERE account_id = d_account AND period = d_period AND bucket = d_bucket",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, period, bucket), [c, a, m]) in chunk {
+            query = query
+                .bind(user.as_str())
+                .bind(period.as_str())
+                .bind(bucket.to_string())
+                .bind(*c)
+                .bind(*a)
+                .bind(*m);
         }
         query.execute(&mut **tx).await?;
     }
@@ -359,15 +470,26 @@ fn covered_days(from: NaiveDate, to: NaiveDate) -> (NaiveDate, NaiveDate) {
     (start, end)
 }
 
-/// The rollups (and the delta that writes them) the ledger's processed events give for every
-/// bucket the range touches, computed from scratch, and how many of the events read fall in the range itself.
+/// What the ledger's processed events give for every bucket a day range touches, computed from
+/// scratch.
+struct Expected {
+    /// What writes them into emptied buckets: the sums, and the members of the range's days.
+    delta: RollupDelta,
+    /// The distinct conversations, agents and models of every touched rollup (whole weeks and
+    /// months).
+    distinct: BTreeSet<MemberKey>,
+    rollups: BTreeMap<RollupKey, Rollup>,
+    /// How many of the events read fall in the range itself.
+    events: u64,
+}
+
 async fn expected_delta(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
     cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<(RollupDelta, BTreeMap<RollupKey, Rollup>, u64), sqlx::Error> {
+) -> Result<Expected, sqlx::Error> {
     let (start, end) = covered_days(from, to);
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
@@ -397,11 +519,18 @@ async fn expected_delta(
             .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
     };
     // The whole rollups (distinct counts need every day of a week or month), then the delta.
-    let mut expected = delta.to_rollups();
-    expected.retain(|(_, p, b), _| inside(*p, *b));
+    let mut rollups = delta.to_rollups();
+    rollups.retain(|(_, p, b), _| inside(*p, *b));
+    let mut distinct = delta.distinct_members();
+    distinct.retain(|(_, p, b, _, _)| inside(*p, *b));
     delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
     delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
-    Ok((delta, expected, events))
+    Ok(Expected {
+        delta,
+        distinct,
+        rollups,
+        events,
+    })
 }
 
 /// What a rebuild did.
@@ -438,9 +567,13 @@ async fn rebuild_in(
     to: NaiveDate,
 ) -> Result<Rebuilt, sqlx::Error> {
     let cursor = lock_cursor(tx, dialect).await?;
-    let (delta, _, events) = expected_delta(tx, dialect, cursor, from, to).await?;
+    let expected = expected_delta(tx, dialect, cursor, from, to).await?;
     for (period, first, last) in bucket_ranges(from, to) {
-        for table in ["usage_rollup", "usage_rollup_member"] {
+        for table in [
+            "usage_rollup",
+            "usage_rollup_member",
+            "usage_rollup_distinct",
+        ] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE period = $1 AND bucket >= $2 AND bucket <= $3"
             )))
@@ -451,10 +584,10 @@ async fn rebuild_in(
             .await?;
         }
     }
-    apply_delta(tx, dialect, &delta).await?;
+    apply_delta(tx, dialect, &expected.delta, &expected.distinct).await?;
     Ok(Rebuilt {
-        events,
-        rollups: delta.rollups.len() as u64,
+        events: expected.events,
+        rollups: expected.delta.rollups.len() as u64,
     })
 }
 
@@ -586,7 +719,12 @@ pub(super) async fn verify(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let (delta, expected, events) = expected_delta(&mut tx, db.dialect, cursor, from, to)
+        let Expected {
+            delta,
+            rollups: expected,
+            events,
+            ..
+        } = expected_delta(&mut tx, db.dialect, cursor, from, to)
             .await
             .map_err(ledger_error)?;
         let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
