@@ -55,6 +55,23 @@ test("an admin opens a user's usage: presets, periods, chart, table pages, CSV, 
   await expect(dialog.locator("#usage-chart")).toHaveAttribute("data-kind", "bar");
   await expect(dialog.getByRole("button", { name: "Bar" })).toHaveAttribute("aria-pressed", "true");
   await expect.poll(() => chartIsDrawn(page)).toBe(true);
+  // A narrower window: the chart follows its box.
+  const chartFits = () =>
+    page.evaluate(() => {
+      const box = document.querySelector("#usage-chart") as HTMLElement;
+      const canvas = box.querySelector("canvas") as HTMLCanvasElement;
+      return { box: box.clientWidth, canvas: Math.round(canvas.getBoundingClientRect().width) };
+    });
+  const wide = await chartFits();
+  const viewport = page.viewportSize()!;
+  await page.setViewportSize({ width: 520, height: viewport.height });
+  await expect.poll(async () => {
+    const now = await chartFits();
+    return now.canvas === now.box && now.box < wide.box;
+  }).toBe(true);
+  await page.setViewportSize(viewport);
+  await expect.poll(async () => (await chartFits()).canvas).toBe(wide.canvas);
+  await expect.poll(() => chartIsDrawn(page)).toBe(true);
 
   // The table pages through every day with usage, 10 at a time, and sorts by any column.
   const days = month.rows.length;

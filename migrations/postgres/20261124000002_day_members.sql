@@ -1,11 +1,11 @@
 -- Members (conversations, agents, models, prompts of a rollup, with their sums) are kept per day
--- only. A week's or a month's distinct conversations, agents and models are kept in
--- usage_rollup_distinct, one row per (rollup, dimension, value): the aggregator adds a new event's
--- values with INSERT … ON CONFLICT DO NOTHING and raises the rollup's counts by the rows it
--- inserted, so no rollup is ever recounted by scanning its days.
+-- only. Every rollup's distinct conversations, agents and models are kept in
+-- usage_rollup_distinct, one row per (rollup, dimension, value): the aggregator adds a batch's
+-- values with INSERT … ON CONFLICT DO NOTHING and raises each rollup's counts by the rows that
+-- were new, in the same upsert that adds its sums, so no rollup is ever recounted by scanning.
 CREATE TABLE usage_rollup_distinct (
     account_id TEXT NOT NULL,
-    period     TEXT NOT NULL CHECK (period IN ('week', 'month')),
+    period     TEXT NOT NULL CHECK (period IN ('day', 'week', 'month')),
     bucket     TEXT NOT NULL,
     -- 'c' conversation, 'a' agent, 'm' model
     dimension  TEXT NOT NULL,

@@ -2,7 +2,7 @@
 # Usage analytics at scale (issue 6): 10 million ledger events over 1,000 users and one year,
 # then: the aggregator folding them all (from an empty cursor), a full backfill of the year
 # with its verification, a user's 30-day daily stats through the API under load (wrk), and a
-# CSV export of over a million events.
+# CSV export of over a million events, and the aggregator's lag while reports are recorded.
 #
 #   scripts/bench/analytics.sh [sqlite|postgres]      # EVENTS=10000000 USERS=1000 by default
 set -euo pipefail
@@ -47,6 +47,23 @@ run() {
     -H "Authorization: Bearer $key" "$base/api/usage/events.csv?userId=*&from=$efrom&to=$to"
   echo "rows (without the header): $(($(wc -l < /tmp/tokenmeter-events.csv) - 1))"
   rm -f /tmp/tokenmeter-events.csv
+  echo "== aggregator lag while ingesting: POST usage reports (32 connections, $DURATION) while"
+  echo "   GET /api/usage/aggregator is polled every 0.5 s (lag = age of the oldest unaggregated event)"
+  ( while sleep 0.5; do
+      curl -sf -H "Authorization: Bearer $key" "$base/api/usage/aggregator" || true; echo
+    done ) > /tmp/tokenmeter-lag.jsonl &
+  local poller=$!
+  wrk -t2 -c32 -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$USERS" "lag-$$" "$key" \
+    | grep -E 'Requests/sec|requests in|Non-2xx|Socket errors|99%'
+  kill "$poller"; wait "$poller" 2>/dev/null || true
+  python3 - <<'PY'
+import json
+rows = [json.loads(l) for l in open("/tmp/tokenmeter-lag.jsonl") if l.strip().startswith("{")]
+lags = sorted(r["lagMs"] for r in rows)
+print(f"polls: {len(rows)}, lag max {lags[-1]} ms, p50 {lags[len(lags)//2]} ms, "
+      f"pending max {max(r['pendingEvents'] for r in rows)} events")
+PY
+  rm -f /tmp/tokenmeter-lag.jsonl
   kill "$pid"; wait "$pid" 2>/dev/null || true
   "$bin" audit --database-url "$url" | tail -1
 }

@@ -204,9 +204,40 @@ fn UsageChart(rows: Vec<StatsRow>, kind: RwSignal<ChartKind>) -> impl IntoView {
             let kind = kind.get();
             request_animation_frame(move || rows.with_value(|rows| draw(rows, kind)));
         });
+        // ECharts keeps the size it was drawn at: follow the window's.
+        let resizing = window_event_listener(leptos::ev::resize, |_| fit_chart_to_its_box());
+        on_cleanup(move || resizing.remove());
     }
     view! {
         <div id="usage-chart" class="usage-chart" role="img" aria-label=label data-kind=move || kind.get().as_str()></div>
+    }
+}
+
+/// Asks the chart's ECharts instance (if drawn) to fit its element again.
+#[cfg(feature = "hydrate")]
+fn fit_chart_to_its_box() {
+    use wasm_bindgen::JsCast;
+    let Some(element) = document().get_element_by_id("usage-chart") else {
+        return;
+    };
+    let get = |target: &wasm_bindgen::JsValue, name: &str| {
+        js_sys::Reflect::get(target, &name.into()).ok()
+    };
+    let Some(echarts) = get(&js_sys::global(), "echarts") else {
+        return;
+    };
+    let Some(by_dom) =
+        get(&echarts, "getInstanceByDom").and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+    else {
+        return;
+    };
+    let Ok(instance) = by_dom.call1(&echarts, &element) else {
+        return;
+    };
+    if let Some(resize) =
+        get(&instance, "resize").and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+    {
+        let _ = resize.call0(&instance);
     }
 }
 

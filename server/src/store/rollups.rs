@@ -248,17 +248,19 @@ fn sum_values(s: &Sums) -> [i64; 5] {
 /// Rows per multi-row upsert (11 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
 
-/// Adds a delta to the stored rollups and members: sums, then distinct counts. `distinct` holds
-/// the conversations, agents and models each touched rollup has in the delta
-/// (`RollupDelta::distinct_members`; for a rebuild, those of whole weeks and months).
+/// Adds a delta to the stored rollups and members. `distinct` holds the conversations, agents
+/// and models each touched rollup has in the delta (`RollupDelta::distinct_members`; for a
+/// rebuild, those of whole weeks and months): the ones the rollup has not seen before raise its
+/// distinct counts, in the same upsert that adds its sums.
 async fn apply_delta(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
     delta: &RollupDelta,
     distinct: &BTreeSet<MemberKey>,
 ) -> Result<(), sqlx::Error> {
-    let additions = |table: &str| {
-        SUM_COLUMNS
+    let raised = insert_distinct(tx, distinct).await?;
+    let additions = |table: &str, columns: &[&str]| {
+        columns
             .iter()
             .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
             .chain(std::iter::once(format!(
@@ -272,21 +274,25 @@ async fn apply_delta(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    const COUNT_COLUMNS: [&str; 3] = ["conversations", "agents", "models"];
 
     let rollups: Vec<(&RollupKey, &Sums)> = delta.rollups.iter().collect();
     for chunk in rollups.chunks(UPSERT_CHUNK) {
         let values: Vec<String> = (0..chunk.len())
-            .map(|n| format!("({})", placeholders(n * 9 + 1, 9)))
+            .map(|n| format!("({})", placeholders(n * 12 + 1, 12)))
             .collect();
+        let added: Vec<&str> = SUM_COLUMNS.iter().chain(&COUNT_COLUMNS).copied().collect();
         let sql = format!(
-            "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at) VALUES {} \
-             ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
+            "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at, {}) \
+             VALUES {} ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
             SUM_COLUMNS.join(", "),
+            COUNT_COLUMNS.join(", "),
             values.join(", "),
-            additions("usage_rollup")
+            additions("usage_rollup", &added)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for ((user, period, bucket), sums) in chunk {
+        for (key, sums) in chunk {
+            let (user, period, bucket) = key;
             query = query
                 .bind(user.as_str())
                 .bind(period.as_str())
@@ -295,6 +301,9 @@ async fn apply_delta(
                 query = query.bind(v);
             }
             query = query.bind(sums.last_activity.map(micros));
+            for v in raised.get(*key).copied().unwrap_or_default() {
+                query = query.bind(v);
+            }
         }
         query.execute(&mut **tx).await?;
     }
@@ -310,7 +319,7 @@ async fn apply_delta(
              ON CONFLICT (account_id, period, bucket, dimension, value) DO UPDATE SET {}",
             SUM_COLUMNS.join(", "),
             values.join(", "),
-            additions("usage_rollup_member")
+            additions("usage_rollup_member", &SUM_COLUMNS)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for ((user, period, bucket, dimension, value), sums) in chunk {
@@ -327,52 +336,18 @@ async fn apply_delta(
         }
         query.execute(&mut **tx).await?;
     }
+    Ok(())
+}
 
-    // A day's distinct counts: its members (a handful per day), found by primary key.
-    let count = |code: &str| {
-        format!(
-            "(SELECT COUNT(*) FROM usage_rollup_member m \
-             WHERE m.account_id = usage_rollup.account_id AND m.period = 'day' \
-             AND m.bucket = usage_rollup.bucket AND m.dimension = '{code}' AND m.value <> '')"
-        )
-    };
-    let days: Vec<&RollupKey> = delta
-        .rollups
-        .keys()
-        .filter(|(_, period, _)| *period == Period::Day)
-        .collect();
-    for chunk in days.chunks(UPSERT_CHUNK) {
-        let keys: Vec<String> = (0..chunk.len())
-            .map(|n| {
-                let p = n * 2 + 1;
-                format!("(CAST(${p} AS TEXT), CAST(${} AS TEXT))", p + 1)
-            })
-            .collect();
-        // A join with the keys (not `IN (VALUES …)`, which SQLite answers by scanning every
-        // rollup) finds each rollup by its primary key.
-        let sql = format!(
-            "WITH k (k_account, k_bucket) AS (VALUES {}) \
-             UPDATE usage_rollup SET conversations = {}, agents = {}, models = {} \
-             FROM k WHERE account_id = k_account AND period = 'day' AND bucket = k_bucket",
-            keys.join(", "),
-            count(Dimension::Conversation.code()),
-            count(Dimension::Agent.code()),
-            count(Dimension::Model.code()),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (user, _, bucket) in chunk {
-            query = query.bind(user.as_str()).bind(bucket.to_string());
-        }
-        query.execute(&mut **tx).await?;
-    }
-
-    // A week's or a month's: the values it has not seen before raise its counts.
-    let longer: Vec<&MemberKey> = distinct
-        .iter()
-        .filter(|(_, period, _, _, _)| *period != Period::Day)
-        .collect();
+/// Stores the distinct members a rollup has not seen before; answers, per rollup, how many new
+/// conversations, agents and models that was.
+async fn insert_distinct(
+    tx: &mut Transaction<'_, Any>,
+    distinct: &BTreeSet<MemberKey>,
+) -> Result<BTreeMap<RollupKey, [i64; 3]>, sqlx::Error> {
+    let distinct: Vec<&MemberKey> = distinct.iter().collect();
     let mut raised: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
-    for chunk in longer.chunks(UPSERT_CHUNK) {
+    for chunk in distinct.chunks(UPSERT_CHUNK) {
         let sql = format!(
             "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
              VALUES {} ON CONFLICT (account_id, period, bucket, dimension, value) DO NOTHING \
@@ -408,42 +383,7 @@ async fn apply_delta(
                 .or_default()[slot] += 1;
         }
     }
-    let raised: Vec<(RollupKey, [i64; 3])> = raised.into_iter().collect();
-    for chunk in raised.chunks(UPSERT_CHUNK) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|n| {
-                let p = n * 6 + 1;
-                format!(
-                    "(CAST(${p} AS TEXT), CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
-                     CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect();
-        let sql = format!(
-            "WITH d (d_account, d_period, d_bucket, d_c, d_a, d_m) AS (VALUES {}) \
-             UPDATE usage_rollup SET conversations = conversations + d_c, agents = agents + d_a, \
-             models = models + d_m \
-             FROM d WHERE account_id = d_account AND period = d_period AND bucket = d_bucket",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for ((user, period, bucket), [c, a, m]) in chunk {
-            query = query
-                .bind(user.as_str())
-                .bind(period.as_str())
-                .bind(bucket.to_string())
-                .bind(*c)
-                .bind(*a)
-                .bind(*m);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
+    Ok(raised)
 }
 
 /// For each period, the buckets a day range touches: the first and the last.
