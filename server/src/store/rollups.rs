@@ -28,7 +28,9 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::usage::placeholders;
-use super::{Db, Dialect, begin_write, detached, from_micros, ledger_error, micros};
+use super::{
+    Db, Dialect, begin_write, detached, from_micros, ledger_error, many_parameters, micros,
+};
 
 const CURSOR: &str = "rollups";
 
@@ -258,7 +260,7 @@ async fn apply_delta(
     delta: &RollupDelta,
     distinct: &BTreeSet<MemberKey>,
 ) -> Result<(), sqlx::Error> {
-    let raised = insert_distinct(tx, distinct).await?;
+    let raised = insert_distinct(tx, dialect, distinct).await?;
     let additions = |table: &str, columns: &[&str]| {
         columns
             .iter()
@@ -290,7 +292,7 @@ async fn apply_delta(
             values.join(", "),
             additions("usage_rollup", &added)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         for (key, sums) in chunk {
             let (user, period, bucket) = key;
             query = query
@@ -321,7 +323,7 @@ async fn apply_delta(
             values.join(", "),
             additions("usage_rollup_member", &SUM_COLUMNS)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         for ((user, period, bucket, dimension, value), sums) in chunk {
             query = query
                 .bind(user.as_str())
@@ -343,6 +345,7 @@ async fn apply_delta(
 /// conversations, agents and models that was.
 async fn insert_distinct(
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
     distinct: &BTreeSet<MemberKey>,
 ) -> Result<BTreeMap<RollupKey, [i64; 3]>, sqlx::Error> {
     let distinct: Vec<&MemberKey> = distinct.iter().collect();
@@ -357,7 +360,7 @@ async fn insert_distinct(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         for (user, period, bucket, dimension, value) in chunk {
             query = query
                 .bind(user.as_str())

@@ -26,7 +26,7 @@ use sqlx::{Any, AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::accounts::{self, usage_from_row};
-use super::{Db, Dialect, from_micros, ledger_error, micros};
+use super::{Db, Dialect, from_micros, ledger_error, many_parameters, micros};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
@@ -286,7 +286,7 @@ async fn write_batch(
              FROM usage_event WHERE idempotency_key IN ({})",
             placeholders(1, keys.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         for key in &keys {
             query = query.bind(*key);
         }
@@ -363,7 +363,7 @@ async fn write_batch(
              RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at",
             rows_sql.join(", ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         let mut deltas: HashMap<&str, (i64, i64)> = HashMap::new();
         for (account, members) in chunk {
             let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
@@ -400,7 +400,7 @@ async fn write_batch(
                 "SELECT account_id FROM account WHERE account_id IN ({})",
                 placeholders(1, missing.len())
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
             for account in &missing {
                 query = query.bind(*account);
             }
@@ -463,7 +463,7 @@ async fn write_batch(
             " ON CONFLICT (idempotency_key, account_id) DO NOTHING \
              RETURNING usage_event_id, account_id, idempotency_key",
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
         for &(i, used_after, lifetime_after, limit) in chunk {
             let u = &usages[i];
             query = query
