@@ -12,6 +12,8 @@ CREATE TABLE usage_rollup_distinct (
     value      TEXT NOT NULL,
     PRIMARY KEY (account_id, period, bucket, dimension, value)
 ) STRICT, WITHOUT ROWID;
+-- Rebuilds empty a period's buckets by range.
+CREATE INDEX usage_rollup_distinct_period ON usage_rollup_distinct (period, bucket);
 
 -- The rollups are rebuilt from the ledger in the new shape: the aggregator starts again from
 -- the first event (exact: it adds each event once, in one transaction with its cursor).

@@ -91,8 +91,11 @@ impl Db {
             Dialect::Sqlite => options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     conn.execute(
+                        // cache_size: 32 MiB of pages per connection (the default 2 MiB made
+                        // the aggregator re-read rollup pages from the OS for every batch).
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                         PRAGMA cache_size = -32768;",
                     )
                     .await?;
                     Ok(())

@@ -512,13 +512,17 @@ async fn rebuild_in(
     let cursor = lock_cursor(tx, dialect).await?;
     let expected = expected_delta(tx, dialect, cursor, from, to).await?;
     for (period, first, last) in bucket_ranges(from, to) {
-        for table in [
-            "usage_rollup",
-            "usage_rollup_member",
-            "usage_rollup_distinct",
+        // Each by an index that starts with the period (members': period, dimension, bucket).
+        for (table, dimensions) in [
+            ("usage_rollup", ""),
+            (
+                "usage_rollup_member",
+                " AND dimension IN ('c', 'a', 'm', 'p')",
+            ),
+            ("usage_rollup_distinct", ""),
         ] {
             sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE period = $1 AND bucket >= $2 AND bucket <= $3"
+                "DELETE FROM {table} WHERE period = $1{dimensions} AND bucket >= $2 AND bucket <= $3"
             )))
             .bind(period.as_str())
             .bind(first.to_string())
