@@ -298,7 +298,18 @@ fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
             show(&d.expected)
         );
     }
-    v.differences.len() + v.member_differences.len()
+    for ((user, period, bucket, dimension, value), stored) in &v.distinct_differences {
+        let (where_, not) = if *stored {
+            ("stored", "not in the ledger")
+        } else {
+            ("in the ledger", "not stored")
+        };
+        println!(
+            "DIFFERS {user} {} {bucket} distinct {dimension:?} {value}: {where_}, {not}",
+            period.as_str()
+        );
+    }
+    v.differences.len() + v.member_differences.len() + v.distinct_differences.len()
 }
 
 async fn bench_data(args: BenchDataArgs) -> Result<(), BoxError> {

@@ -342,6 +342,15 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         .execute(pool)
         .await
         .unwrap();
+    // And the conversations u1 had that week, as if never seen (statistics count these rows).
+    let week = Period::Week.bucket_of_day(broken);
+    let lost_week_conversations = sqlx::query("DELETE FROM usage_rollup_distinct WHERE period = 'week' AND bucket = $1 AND account_id = 'u1' AND dimension = 'c'")
+        .bind(week.to_string())
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(lost_week_conversations > 0);
     // A check of the day before the broken one alone finds nothing.
     let clean = ledger
         .verify_rollups(broken - Days::new(1), broken - Days::new(1), false)
@@ -389,6 +398,23 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         lost_conversations.len(),
         "{found:?}"
     );
+    assert_eq!(
+        found.distinct_differences.len() as u64,
+        lost_week_conversations,
+        "{found:?}"
+    );
+    for ((user, period, bucket, dimension, _), stored) in &found.distinct_differences {
+        assert_eq!(
+            (user.as_str(), *period, *bucket, *dimension, *stored),
+            (
+                "u1",
+                Period::Week,
+                week,
+                domain::rollup::Dimension::Conversation,
+                false
+            )
+        );
+    }
     for lost in &found.member_differences {
         assert_eq!(
             (lost.user_id.as_str(), lost.day, lost.dimension),

@@ -568,13 +568,18 @@ pub struct Verification {
     pub rollups: u64,
     pub differences: Vec<RollupDifference>,
     pub member_differences: Vec<MemberDifference>,
+    /// Distinct conversations/agents/models (statistics count them) stored but not in the ledger
+    /// (`true`), or in the ledger but not stored (`false`).
+    pub distinct_differences: Vec<(MemberKey, bool)>,
     /// Rollups repaired (rebuilt) because they differed.
     pub repaired: bool,
 }
 
 impl Verification {
     pub fn matches(&self) -> bool {
-        self.differences.is_empty() && self.member_differences.is_empty()
+        self.differences.is_empty()
+            && self.member_differences.is_empty()
+            && self.distinct_differences.is_empty()
     }
 }
 
@@ -590,6 +595,43 @@ fn differing<K: Ord + Clone, V: PartialEq + Clone>(
             (s != e).then(|| (key.clone(), s.cloned(), e.cloned()))
         })
         .collect()
+}
+
+/// The stored distinct values of every bucket the day range touches.
+async fn stored_distinct(
+    tx: &mut Transaction<'_, Any>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<BTreeSet<MemberKey>, sqlx::Error> {
+    let bad =
+        |what: &str| sqlx::Error::Decode(format!("usage_rollup_distinct has a bad {what}").into());
+    let mut out = BTreeSet::new();
+    for (period, first, last) in bucket_ranges(from, to) {
+        let rows = sqlx::query(
+            "SELECT account_id, bucket, dimension, value FROM usage_rollup_distinct \
+             WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
+        )
+        .bind(period.as_str())
+        .bind(first.to_string())
+        .bind(last.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            let bucket =
+                NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
+                    .map_err(|_| bad("bucket"))?;
+            let dimension = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
+                .ok_or_else(|| bad("dimension"))?;
+            out.insert((
+                row.try_get("account_id")?,
+                period,
+                bucket,
+                dimension,
+                row.try_get("value")?,
+            ));
+        }
+    }
+    Ok(out)
 }
 
 async fn stored_day_members(
@@ -669,8 +711,8 @@ pub(super) async fn verify(
         let Expected {
             delta,
             rollups: expected,
+            distinct,
             events,
-            ..
         } = expected_delta(&mut tx, db.dialect, cursor, from, to)
             .await
             .map_err(ledger_error)?;
@@ -720,7 +762,17 @@ pub(super) async fn verify(
                 },
             )
             .collect();
-        let repaired = repair && !(differences.is_empty() && member_differences.is_empty());
+        let stored_distinct = stored_distinct(&mut tx, from, to)
+            .await
+            .map_err(ledger_error)?;
+        let distinct_differences: Vec<(MemberKey, bool)> = stored_distinct
+            .symmetric_difference(&distinct)
+            .map(|key| (key.clone(), stored_distinct.contains(key)))
+            .collect();
+        let repaired = repair
+            && !(differences.is_empty()
+                && member_differences.is_empty()
+                && distinct_differences.is_empty());
         if repaired {
             rebuild_in(&mut tx, db.dialect, from, to)
                 .await
@@ -734,6 +786,7 @@ pub(super) async fn verify(
             rollups: expected.len() as u64,
             differences,
             member_differences,
+            distinct_differences,
             repaired,
         })
     })
@@ -799,13 +852,13 @@ const SUMS_SELECT: &str = "CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
      CAST(SUM(messages) AS BIGINT) AS messages, \
      MAX(last_activity_at) AS last_activity_at";
 
-/// Distinct conversations (per user), agents and models among the members of the days `from` to
-/// `to` (members are kept per day), grouped by the column `group`, or in one group `""` when
-/// `None`.
+/// Distinct conversations (per user), agents and models of the rollups of `period` from bucket
+/// `first` to `last`, grouped by the column `group`, or in one group `""` when `None`.
 async fn distinct_counts(
     db: &Db,
-    from: NaiveDate,
-    to: NaiveDate,
+    period: Period,
+    first: NaiveDate,
+    last: NaiveDate,
     scope: &StatsScope,
     group: Option<&str>,
 ) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
@@ -818,14 +871,14 @@ async fn distinct_counts(
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'c' THEN account_id || '/' || value END) AS BIGINT) AS conversations, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models \
-         FROM usage_rollup_member \
-         WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension IN ('c', 'a', 'm') \
-           AND value <> ''{}{group_by}",
-        scope_condition(scope, 3)
+         FROM usage_rollup_distinct \
+         WHERE period = $1 AND bucket >= $2 AND bucket <= $3{}{group_by}",
+        scope_condition(scope, 4)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(from.to_string())
-        .bind(to.to_string());
+        .bind(period.as_str())
+        .bind(first.to_string())
+        .bind(last.to_string());
     let rows = bind_scope(query, scope).fetch_all(&db.pool).await?;
     let mut out = HashMap::new();
     for row in rows {
@@ -836,47 +889,6 @@ async fn distinct_counts(
         );
     }
     Ok(out)
-}
-
-/// Distinct agents and models per bucket of `period` (keyed by the bucket's first day), from
-/// the distinct members of each day.
-async fn distinct_per_bucket(
-    db: &Db,
-    period: Period,
-    from: NaiveDate,
-    to: NaiveDate,
-    scope: &StatsScope,
-) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
-    if period == Period::Day {
-        return distinct_counts(db, from, to, scope, Some("bucket")).await;
-    }
-    let sql = format!(
-        "SELECT DISTINCT bucket, dimension, value FROM usage_rollup_member \
-         WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension IN ('a', 'm') \
-           AND value <> ''{}",
-        scope_condition(scope, 3)
-    );
-    let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(from.to_string())
-        .bind(to.to_string());
-    let mut seen: HashMap<String, std::collections::HashSet<(String, String)>> = HashMap::new();
-    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
-        let day: String = row.try_get("bucket")?;
-        let Ok(day) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") else {
-            continue;
-        };
-        seen.entry(period.bucket_of_day(day).to_string())
-            .or_default()
-            .insert((row.try_get("dimension")?, row.try_get("value")?));
-    }
-    Ok(seen
-        .into_iter()
-        .map(|(bucket, pairs)| {
-            let agents = pairs.iter().filter(|(d, _)| d == "a").count() as u64;
-            let models = pairs.iter().filter(|(d, _)| d == "m").count() as u64;
-            (bucket, [0, agents, models])
-        })
-        .collect())
 }
 
 /// Statistics from the rollups (or, with a model filter, from the ledger's events).
@@ -918,7 +930,7 @@ async fn stats_from_rollups(
     } else {
         Sums::default()
     };
-    let distinct = distinct_counts(db, from, to, scope, None)
+    let distinct = distinct_counts(db, period, first, last, scope, None)
         .await?
         .remove("")
         .unwrap_or_default();
@@ -935,7 +947,7 @@ async fn stats_from_rollups(
                 .bind(period.as_str())
                 .bind(first.to_string())
                 .bind(last.to_string());
-            let counts = distinct_per_bucket(db, period, from, to, scope).await?;
+            let counts = distinct_counts(db, period, first, last, scope, Some("bucket")).await?;
             let mut rows = Vec::new();
             for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
                 let key: String = row.try_get("grp")?;
@@ -978,7 +990,8 @@ async fn stats_from_rollups(
                 .bind(period.as_str())
                 .bind(first.to_string())
                 .bind(last.to_string());
-            let counts = distinct_counts(db, from, to, scope, Some("account_id")).await?;
+            let counts =
+                distinct_counts(db, period, first, last, scope, Some("account_id")).await?;
             let mut rows = Vec::new();
             for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
                 let user: String = row.try_get("grp")?;
