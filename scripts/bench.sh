@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh                 # both databases; DURATION=15s CONNECTIONS=64 by default
 #   scripts/bench.sh sqlite          # one of them
+#   SERVE_LOG=tokenmeter_server=debug scripts/bench.sh sqlite   # with the server's step timings
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -31,7 +32,7 @@ suite() {
   local admin_key recorder_key
   admin_key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name bench 2>/dev/null)
   recorder_key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name recorder --scope usage:record 2>/dev/null)
-  RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
+  RUST_LOG=${SERVE_LOG:-warn} DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
   local pid=$!
   trap "kill $pid 2>/dev/null || true" RETURN
   for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done

@@ -66,6 +66,10 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
+    /// SQLite has one writer at a time. The writers of this process take turns here, in the
+    /// order they arrive, instead of in SQLite's busy handler, which polls with sleeps of up to
+    /// 100 ms: a report that arrives while the aggregator writes waits for that one step only.
+    write_turns: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Db {
@@ -104,7 +108,20 @@ impl Db {
             Dialect::Postgres => options,
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            write_turns: Default::default(),
+        })
+    }
+
+    /// Waits for this process's turn to write (SQLite; on Postgres writers run side by side).
+    /// Hold the answer until the write transaction has ended.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_turns.clone().lock_owned().await),
+            Dialect::Postgres => None,
+        }
     }
 
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -365,6 +382,7 @@ impl SqlLedger {
         at: &[DateTime<Utc>],
     ) -> Vec<Result<Recorded, LedgerError>> {
         let at: Vec<i64> = at.iter().map(|t| micros(*t)).collect();
+        let _turn = self.db.write_turn().await;
         usage::write_batch_with_retries(&self.db, &mut None, usages, &at).await
     }
 }

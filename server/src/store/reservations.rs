@@ -36,6 +36,7 @@ pub(super) async fn reserve(
 ) -> Result<Reserved, LedgerError> {
     let (db, user_id, reservation_id) = (db.clone(), user_id.clone(), reservation_id.to_owned());
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let held = i64::try_from(tokens)
@@ -97,6 +98,7 @@ pub(super) async fn settle(
 ) -> Result<Recorded, LedgerError> {
     let (db, reservation_id) = (db.clone(), reservation_id.to_owned());
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let account = usage.user_id.as_str();
@@ -201,6 +203,7 @@ pub(super) async fn settle(
 pub(super) async fn release(db: &Db, reservation_id: &str) -> Result<bool, LedgerError> {
     let (db, reservation_id) = (db.clone(), reservation_id.to_owned());
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let row = sqlx::query(
@@ -234,6 +237,7 @@ pub(super) async fn release(db: &Db, reservation_id: &str) -> Result<bool, Ledge
 pub(super) async fn release_expired(db: &Db, now: i64) -> Result<u64, LedgerError> {
     let db = db.clone();
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let rows = sqlx::query(

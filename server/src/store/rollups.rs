@@ -110,6 +110,8 @@ fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
 pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerError> {
     let db = db.clone();
     detached(async move {
+        let _turn = db.write_turn().await;
+        let started = std::time::Instant::now();
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect).await.map_err(ledger_error)?;
@@ -157,6 +159,11 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
         .await
         .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
+        tracing::debug!(
+            events = rows.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "aggregator step"
+        );
         Ok(rows.len())
     })
     .await
@@ -492,6 +499,7 @@ pub(super) async fn rebuild(
 ) -> Result<Rebuilt, LedgerError> {
     let db = db.clone();
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let rebuilt = rebuild_in(&mut tx, db.dialect, from, to)
@@ -703,6 +711,7 @@ pub(super) async fn verify(
 ) -> Result<Verification, LedgerError> {
     let db = db.clone();
     detached(async move {
+        let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect)

@@ -82,7 +82,9 @@ async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
             batch.drain(..).map(|j| (j.usage, j.reply)).unzip();
         let now = vec![micros(Utc::now()); usages.len()];
         let started = std::time::Instant::now();
+        let turn = db.write_turn().await;
         let outcomes = write_batch_with_retries(&db, &mut conn, &usages, &now).await;
+        drop(turn);
         tracing::trace!(
             size = usages.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
