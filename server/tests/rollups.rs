@@ -450,13 +450,49 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     assert_eq!(first.events as usize, specs.len());
     let once = stored_rollups(ledger.db()).await;
     assert_eq!(once, expected);
-    ledger.rebuild_rollups(from, yesterday).await.unwrap();
+    assert!(first.rows_changed >= expected.len() as u64, "{first:?}");
+    // The second time everything is already right: nothing is written.
+    let second = ledger.rebuild_rollups(from, yesterday).await.unwrap();
+    assert_eq!(second.rows_changed, 0, "{second:?}");
     assert_eq!(stored_rollups(ledger.db()).await, once);
     // Rebuilding part of the range changes nothing either.
-    ledger
+    let part = ledger
         .rebuild_rollups(yesterday - Days::new(3), yesterday - Days::new(2))
         .await
         .unwrap();
+    assert_eq!(part.rows_changed, 0, "{part:?}");
+    assert_eq!(stored_rollups(ledger.db()).await, once);
+    // Rows the ledger does not back (a member and a distinct value) are deleted, nothing else.
+    let user = specs[0].user.as_str();
+    let day = specs[0].at.date_naive().to_string();
+    sqlx::query(
+        "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, input_tokens, \
+         output_tokens, total_tokens, cost_picos, messages, last_activity_at) \
+         VALUES ($1, 'day', $2, 'm', 'ghost-model', 1, 1, 2, 0, 1, NULL)",
+    )
+    .bind(user)
+    .bind(&day)
+    .execute(&ledger.db().pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
+         VALUES ($1, 'day', $2, 'c', 'ghost-conversation')",
+    )
+    .bind(user)
+    .bind(&day)
+    .execute(&ledger.db().pool)
+    .await
+    .unwrap();
+    let cleaned = ledger.rebuild_rollups(from, yesterday).await.unwrap();
+    assert_eq!(cleaned.rows_changed, 2, "{cleaned:?}");
+    assert!(
+        ledger
+            .verify_rollups(from, yesterday, false)
+            .await
+            .unwrap()
+            .matches()
+    );
     assert_eq!(stored_rollups(ledger.db()).await, once);
     // New events after a rebuild are still added exactly once by the aggregator.
     let mut late = specs[0].clone();

@@ -488,10 +488,14 @@ async fn expected_delta(
 pub struct Rebuilt {
     pub events: u64,
     pub rollups: u64,
+    /// Rows (rollups, day members, distinct values) written or deleted because they were not
+    /// what the ledger says: 0 when the range was already right.
+    pub rows_changed: u64,
 }
 
-/// Replaces the rollups of every bucket the day range touches by ones computed from the ledger,
-/// in one transaction. Running it twice gives the same rollups as once.
+/// Makes the rollups of every bucket the day range touches what the ledger says, in one
+/// transaction: compares them with the ledger and writes only what differs, so a range that is
+/// already right costs one read. Running it twice gives the same rollups as once.
 pub(super) async fn rebuild(
     db: &Db,
     from: NaiveDate,
@@ -502,48 +506,224 @@ pub(super) async fn rebuild(
         let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
-        let rebuilt = rebuild_in(&mut tx, db.dialect, from, to)
+        let cursor = lock_cursor(&mut tx, db.dialect)
+            .await
+            .map_err(ledger_error)?;
+        let found = compare(&mut tx, db.dialect, cursor, from, to)
+            .await
+            .map_err(ledger_error)?;
+        let rows_changed = write_differences(&mut tx, db.dialect, &found)
             .await
             .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
-        Ok(rebuilt)
+        Ok(Rebuilt {
+            events: found.events,
+            rollups: found.rollups,
+            rows_changed,
+        })
     })
     .await
 }
 
-async fn rebuild_in(
+/// `INSERT … ON CONFLICT (keys) DO UPDATE SET` every value column to the new row's: the stored
+/// row becomes exactly the given one.
+fn replace_rows_sql(
+    dialect: Dialect,
+    table: &str,
+    keys: &[&str],
+    values: &[&str],
+    rows: usize,
+) -> String {
+    let width = keys.len() + values.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|n| format!("({})", placeholders(n * width + 1, width)))
+        .collect();
+    let on_conflict = if values.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        let set: Vec<String> = values
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!("DO UPDATE SET {}", set.join(", "))
+    };
+    let columns: Vec<&str> = keys.iter().chain(values).copied().collect();
+    many_parameters(
+        dialect,
+        format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) {on_conflict}",
+            columns.join(", "),
+            tuples.join(", "),
+            keys.join(", ")
+        ),
+    )
+}
+
+/// `DELETE` one row by its whole key.
+fn delete_row_sql(table: &str, keys: &[&str]) -> String {
+    let conditions: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, c)| format!("{c} = ${}", n + 1))
+        .collect();
+    format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "))
+}
+
+const ROLLUP_KEYS: [&str; 3] = ["account_id", "period", "bucket"];
+const MEMBER_KEYS: [&str; 5] = ["account_id", "period", "bucket", "dimension", "value"];
+const ROLLUP_VALUES: [&str; 9] = [
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_picos",
+    "messages",
+    "conversations",
+    "agents",
+    "models",
+    "last_activity_at",
+];
+const MEMBER_VALUES: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_picos",
+    "messages",
+    "last_activity_at",
+];
+
+/// Writes what a comparison found: every differing rollup, day member and distinct value becomes
+/// what the ledger says (written, or deleted when the ledger has none). Answers how many rows.
+async fn write_differences(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Rebuilt, sqlx::Error> {
-    let cursor = lock_cursor(tx, dialect).await?;
-    let expected = expected_delta(tx, dialect, cursor, from, to).await?;
-    for (period, first, last) in bucket_ranges(from, to) {
-        // Each by an index that starts with the period (members': period, dimension, bucket).
-        for (table, dimensions) in [
-            ("usage_rollup", ""),
-            (
-                "usage_rollup_member",
-                " AND dimension IN ('c', 'a', 'm', 'p')",
-            ),
-            ("usage_rollup_distinct", ""),
-        ] {
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE period = $1{dimensions} AND bucket >= $2 AND bucket <= $3"
-            )))
-            .bind(period.as_str())
-            .bind(first.to_string())
-            .bind(last.to_string())
+    found: &Verification,
+) -> Result<u64, sqlx::Error> {
+    let mut changed = 0u64;
+
+    let (rollups, gone): (Vec<_>, Vec<_>) =
+        found.differences.iter().partition(|d| d.expected.is_some());
+    for chunk in rollups.chunks(UPSERT_CHUNK) {
+        let sql = replace_rows_sql(
+            dialect,
+            "usage_rollup",
+            &ROLLUP_KEYS,
+            &ROLLUP_VALUES,
+            chunk.len(),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for d in chunk {
+            let Some(r) = &d.expected else { continue };
+            query = query
+                .bind(d.user_id.as_str())
+                .bind(d.period.as_str())
+                .bind(d.bucket.to_string());
+            for v in [
+                r.input_tokens,
+                r.output_tokens,
+                r.total_tokens,
+                r.cost_picos,
+                r.messages,
+                r.conversations,
+                r.agents,
+                r.models,
+            ] {
+                query = query.bind(v as i64);
+            }
+            query = query.bind(r.last_activity.map(micros));
+        }
+        query.execute(&mut **tx).await?;
+        changed += chunk.len() as u64;
+    }
+    let delete_rollup = delete_row_sql("usage_rollup", &ROLLUP_KEYS);
+    for d in gone {
+        sqlx::query(AssertSqlSafe(delete_rollup.as_str()))
+            .bind(d.user_id.as_str())
+            .bind(d.period.as_str())
+            .bind(d.bucket.to_string())
             .execute(&mut **tx)
             .await?;
-        }
+        changed += 1;
     }
-    apply_delta(tx, dialect, &expected.delta, &expected.distinct).await?;
-    Ok(Rebuilt {
-        events: expected.events,
-        rollups: expected.delta.rollups.len() as u64,
-    })
+
+    let (members, gone): (Vec<_>, Vec<_>) = found
+        .member_differences
+        .iter()
+        .partition(|d| d.expected.is_some());
+    for chunk in members.chunks(UPSERT_CHUNK) {
+        let sql = replace_rows_sql(
+            dialect,
+            "usage_rollup_member",
+            &MEMBER_KEYS,
+            &MEMBER_VALUES,
+            chunk.len(),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for d in chunk {
+            let Some(s) = &d.expected else { continue };
+            query = query
+                .bind(d.user_id.as_str())
+                .bind(Period::Day.as_str())
+                .bind(d.day.to_string())
+                .bind(d.dimension.code())
+                .bind(d.value.as_str());
+            for v in sum_values(s) {
+                query = query.bind(v);
+            }
+            query = query.bind(s.last_activity.map(micros));
+        }
+        query.execute(&mut **tx).await?;
+        changed += chunk.len() as u64;
+    }
+    let delete_member = delete_row_sql("usage_rollup_member", &MEMBER_KEYS);
+    for d in gone {
+        sqlx::query(AssertSqlSafe(delete_member.as_str()))
+            .bind(d.user_id.as_str())
+            .bind(Period::Day.as_str())
+            .bind(d.day.to_string())
+            .bind(d.dimension.code())
+            .bind(d.value.as_str())
+            .execute(&mut **tx)
+            .await?;
+        changed += 1;
+    }
+
+    let (stray, missing): (Vec<_>, Vec<_>) = found
+        .distinct_differences
+        .iter()
+        .partition(|(_, stored)| *stored);
+    for chunk in missing.chunks(UPSERT_CHUNK) {
+        let sql = replace_rows_sql(
+            dialect,
+            "usage_rollup_distinct",
+            &MEMBER_KEYS,
+            &[],
+            chunk.len(),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, period, bucket, dimension, value), _) in chunk {
+            query = query
+                .bind(user.as_str())
+                .bind(period.as_str())
+                .bind(bucket.to_string())
+                .bind(dimension.code())
+                .bind(value.as_str());
+        }
+        query.execute(&mut **tx).await?;
+        changed += chunk.len() as u64;
+    }
+    let delete_distinct = delete_row_sql("usage_rollup_distinct", &MEMBER_KEYS);
+    for ((user, period, bucket, dimension, value), _) in stray {
+        sqlx::query(AssertSqlSafe(delete_distinct.as_str()))
+            .bind(user.as_str())
+            .bind(period.as_str())
+            .bind(bucket.to_string())
+            .bind(dimension.code())
+            .bind(value.as_str())
+            .execute(&mut **tx)
+            .await?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// One rollup that is not what the ledger says.
@@ -702,7 +882,8 @@ fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
 }
 
 /// Checks every rollup of the buckets the day range touches against the ledger's processed
-/// events; with `repair`, rebuilds them (in the same transaction) when any differs.
+/// events; with `repair`, makes the differing ones what the ledger says (in the same
+/// transaction).
 pub(super) async fn verify(
     db: &Db,
     from: NaiveDate,
@@ -717,89 +898,94 @@ pub(super) async fn verify(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let Expected {
-            delta,
-            rollups: expected,
-            distinct,
-            events,
-        } = expected_delta(&mut tx, db.dialect, cursor, from, to)
+        let mut found = compare(&mut tx, db.dialect, cursor, from, to)
             .await
             .map_err(ledger_error)?;
-        let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
-        for (period, first, last) in bucket_ranges(from, to) {
-            let rows = sqlx::query(
-                "SELECT account_id, period, bucket, input_tokens, output_tokens, total_tokens, \
-                 cost_picos, messages, conversations, agents, models, last_activity_at \
-                 FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
-            )
-            .bind(period.as_str())
-            .bind(first.to_string())
-            .bind(last.to_string())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(ledger_error)?;
-            for row in &rows {
-                let (key, rollup) = rollup_from_row(row).map_err(ledger_error)?;
-                stored.insert(key, rollup);
-            }
-        }
-        let differences: Vec<RollupDifference> = differing(&stored, &expected)
-            .into_iter()
-            .map(
-                |((user_id, period, bucket), stored, expected)| RollupDifference {
-                    user_id,
-                    period,
-                    bucket,
-                    stored,
-                    expected,
-                },
-            )
-            .collect();
-        let stored_members = stored_day_members(&mut tx, from, to)
-            .await
-            .map_err(ledger_error)?;
-        let member_differences: Vec<MemberDifference> = differing(&stored_members, &delta.members)
-            .into_iter()
-            .map(
-                |((user_id, _, day, dimension, value), stored, expected)| MemberDifference {
-                    user_id,
-                    day,
-                    dimension,
-                    value,
-                    stored,
-                    expected,
-                },
-            )
-            .collect();
-        let stored_distinct = stored_distinct(&mut tx, from, to)
-            .await
-            .map_err(ledger_error)?;
-        let distinct_differences: Vec<(MemberKey, bool)> = stored_distinct
-            .symmetric_difference(&distinct)
-            .map(|key| (key.clone(), stored_distinct.contains(key)))
-            .collect();
-        let repaired = repair
-            && !(differences.is_empty()
-                && member_differences.is_empty()
-                && distinct_differences.is_empty());
-        if repaired {
-            rebuild_in(&mut tx, db.dialect, from, to)
+        if repair && !found.matches() {
+            write_differences(&mut tx, db.dialect, &found)
                 .await
                 .map_err(ledger_error)?;
             tx.commit().await.map_err(ledger_error)?;
+            found.repaired = true;
         } else {
             tx.rollback().await.map_err(ledger_error)?;
         }
-        Ok(Verification {
-            events,
-            rollups: expected.len() as u64,
-            differences,
-            member_differences,
-            distinct_differences,
-            repaired,
-        })
+        Ok(found)
     })
     .await
+}
+
+/// Compares the stored rollups, day members and distinct values of every bucket the day range
+/// touches with what the ledger's processed events (up to `cursor`) give.
+async fn compare(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    cursor: Cursor,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Verification, sqlx::Error> {
+    let Expected {
+        delta,
+        rollups: expected,
+        distinct,
+        events,
+    } = expected_delta(tx, dialect, cursor, from, to).await?;
+    let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
+    for (period, first, last) in bucket_ranges(from, to) {
+        let rows = sqlx::query(
+            "SELECT account_id, period, bucket, input_tokens, output_tokens, total_tokens, \
+             cost_picos, messages, conversations, agents, models, last_activity_at \
+             FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
+        )
+        .bind(period.as_str())
+        .bind(first.to_string())
+        .bind(last.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            let (key, rollup) = rollup_from_row(row)?;
+            stored.insert(key, rollup);
+        }
+    }
+    let differences: Vec<RollupDifference> = differing(&stored, &expected)
+        .into_iter()
+        .map(
+            |((user_id, period, bucket), stored, expected)| RollupDifference {
+                user_id,
+                period,
+                bucket,
+                stored,
+                expected,
+            },
+        )
+        .collect();
+    let stored_members = stored_day_members(tx, from, to).await?;
+    let member_differences: Vec<MemberDifference> = differing(&stored_members, &delta.members)
+        .into_iter()
+        .map(
+            |((user_id, _, day, dimension, value), stored, expected)| MemberDifference {
+                user_id,
+                day,
+                dimension,
+                value,
+                stored,
+                expected,
+            },
+        )
+        .collect();
+    let stored_distinct = stored_distinct(tx, from, to).await?;
+    let distinct_differences: Vec<(MemberKey, bool)> = stored_distinct
+        .symmetric_difference(&distinct)
+        .map(|key| (key.clone(), stored_distinct.contains(key)))
+        .collect();
+    Ok(Verification {
+        events,
+        rollups: expected.len() as u64,
+        differences,
+        member_differences,
+        distinct_differences,
+        repaired: false,
+    })
 }
 
 /// The last day the nightly check verified, if any.
