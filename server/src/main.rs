@@ -210,18 +210,28 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     }
     let (_, ledger) = open_services(&args.db.database_url, AuthSettings::default()).await?;
     let started = std::time::Instant::now();
-    // Everything recorded so far first, so the rebuild sees the whole ledger.
+    // The rebuild reads every event the aggregator has read: first the aggregator takes over
+    // everything pending (the range's events are left to the rebuild), then anything newer.
+    let taken = ledger
+        .take_over_pending(args.range.from, args.range.to)
+        .await?;
     let caught_up = ledger.catch_up_fully().await?;
-    if caught_up > 0 {
-        eprintln!("aggregated {caught_up} new events first");
+    if taken.taken + taken.folded + caught_up > 0 {
+        eprintln!(
+            "pending events: {} of the range (rebuilt below), {} of other days aggregated",
+            taken.taken,
+            taken.folded + caught_up
+        );
     }
     let batches = domain::rollup::day_batches(args.range.from, args.range.to, args.batch_days);
     let mut events = 0u64;
     let mut rollups = 0u64;
+    let mut changed = 0u64;
     for (n, (from, to)) in batches.iter().enumerate() {
         let rebuilt = ledger.rebuild_rollups(*from, *to).await?;
         events += rebuilt.events;
         rollups += rebuilt.rollups;
+        changed += rebuilt.rows_changed;
         progress(
             n + 1,
             batches.len(),
@@ -229,8 +239,9 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
         );
     }
     eprintln!();
+    ledger.finish_take_over(args.range.from, &taken).await?;
     println!(
-        "rebuilt {rollups} rollups from {events} events in {:.1} s",
+        "rebuilt {rollups} rollups from {events} events in {:.1} s ({changed} rows written or deleted)",
         started.elapsed().as_secs_f64()
     );
     let mut differences = 0;

@@ -290,6 +290,13 @@ proptest! {
 
 /// Ten days of events for two users, ending yesterday; returns the ledger and the specs.
 async fn ten_days(url: &str) -> (Arc<SqlLedger>, Vec<Spec>, NaiveDate) {
+    let (ledger, specs, yesterday) = ten_days_not_aggregated(url).await;
+    ledger.catch_up_fully().await.unwrap();
+    (ledger, specs, yesterday)
+}
+
+/// Ten days of events in the ledger that the aggregator has not read yet.
+async fn ten_days_not_aggregated(url: &str) -> (Arc<SqlLedger>, Vec<Spec>, NaiveDate) {
     let yesterday = Utc::now().date_naive().pred_opt().unwrap();
     let mut specs = Vec::new();
     for d in 0..10u64 {
@@ -316,8 +323,97 @@ async fn ten_days(url: &str) -> (Arc<SqlLedger>, Vec<Spec>, NaiveDate) {
     for outcome in ledger.record_at(&usages, &at).await {
         outcome.unwrap();
     }
-    ledger.catch_up_fully().await.unwrap();
     (ledger, specs, yesterday)
+}
+
+async fn verified_through(ledger: &SqlLedger) -> Option<String> {
+    sqlx::query_scalar("SELECT verified_through FROM rollup_cursor")
+        .fetch_one(&ledger.db().pool)
+        .await
+        .unwrap()
+}
+
+/// A backfill over a backlog the aggregator has not read: the range's pending events are left
+/// to the rebuild, others are folded; a backfill cut short is finished by the nightly check.
+async fn backfill_takes_over_a_backlog(db: common::TestDb) {
+    let (ledger, mut specs, yesterday) = ten_days_not_aggregated(&db.url).await;
+    let from = yesterday - Days::new(9);
+    // One event of today, outside the range.
+    let mut today = specs[0].clone();
+    today.key = "today".into();
+    // Stored to the microsecond.
+    today.at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    ledger
+        .record_at(&[today.usage()], &[today.at])
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    specs.push(today);
+    sqlx::query("UPDATE rollup_cursor SET verified_through = $1")
+        .bind(yesterday.to_string())
+        .execute(&ledger.db().pool)
+        .await
+        .unwrap();
+
+    let taken = ledger.take_over_pending(from, yesterday).await.unwrap();
+    assert_eq!((taken.taken, taken.folded), (60, 1), "{taken:?}");
+    let status = app::ports::Ledger::aggregator_status(ledger.as_ref(), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(status.pending_events, 0, "{status:?}");
+    // Until the range is rebuilt, the nightly check starts again at the range.
+    assert_eq!(
+        verified_through(&ledger).await,
+        from.pred_opt().map(|d| d.to_string())
+    );
+    // Cut short after half the range: the nightly check repairs the rest.
+    ledger
+        .rebuild_rollups(from, from + Days::new(4))
+        .await
+        .unwrap();
+    let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
+    assert_ne!(stored_rollups(ledger.db()).await, expected);
+    let (checked_from, check) = ledger.nightly_check(yesterday).await.unwrap().unwrap();
+    assert_eq!(checked_from, from);
+    assert!(check.repaired && !check.matches(), "{check:?}");
+    assert_eq!(stored_rollups(ledger.db()).await, expected);
+    assert!(
+        ledger
+            .verify_rollups(from, yesterday, false)
+            .await
+            .unwrap()
+            .matches()
+    );
+
+    // Nothing pending: nothing to take over.
+    let nothing = ledger.take_over_pending(from, yesterday).await.unwrap();
+    assert_eq!(nothing, Default::default());
+    // A whole backfill: a late event of the range, taken over, rebuilt, and the mark restored.
+    let mut late = specs[3].clone();
+    late.key = "late".into();
+    ledger
+        .record_at(&[late.usage()], &[late.at])
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    specs.push(late);
+    let taken = ledger.take_over_pending(from, yesterday).await.unwrap();
+    assert_eq!((taken.taken, taken.folded), (1, 0), "{taken:?}");
+    let rebuilt = ledger.rebuild_rollups(from, yesterday).await.unwrap();
+    assert!(rebuilt.rows_changed > 0, "{rebuilt:?}");
+    ledger.finish_take_over(from, &taken).await.unwrap();
+    assert_eq!(verified_through(&ledger).await, Some(yesterday.to_string()));
+    let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
+    assert_eq!(stored_rollups(ledger.db()).await, expected);
+    assert!(
+        ledger
+            .verify_rollups(from, yesterday, false)
+            .await
+            .unwrap()
+            .matches()
+    );
 }
 
 async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
@@ -545,6 +641,7 @@ macro_rules! on_both_databases {
 on_both_databases!(
     nightly_check_repairs_and_catches_up_missed_days,
     backfill_twice_equals_once,
+    backfill_takes_over_a_backlog,
     stats_answer_what_the_reference_says,
     stats_are_only_for_those_allowed,
     csv_export_reads_back_as_the_rows,

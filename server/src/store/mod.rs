@@ -23,7 +23,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use rollups::{Cursor, MemberDifference, Rebuilt, RollupDifference, Verification};
+pub use rollups::{Cursor, MemberDifference, Rebuilt, RollupDifference, TakenOver, Verification};
 pub use usage::{LedgerAudit, WriterConfig};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -330,8 +330,29 @@ impl SqlLedger {
         }
     }
 
-    /// Replaces the rollups of every bucket the day range touches by ones computed from the
-    /// ledger (one transaction).
+    /// Before a backfill of the day range: moves the aggregator past every pending event, folding
+    /// those of other days and leaving those of the range to the rebuild (see
+    /// `rollups::take_over_pending`). Call [`Self::finish_take_over`] once the range is rebuilt.
+    pub async fn take_over_pending(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<TakenOver, LedgerError> {
+        rollups::take_over_pending(&self.db, from, to).await
+    }
+
+    /// After the range of a take-over is rebuilt: the nightly check's mark goes back to where it
+    /// was.
+    pub async fn finish_take_over(
+        &self,
+        from: chrono::NaiveDate,
+        taken: &TakenOver,
+    ) -> Result<(), LedgerError> {
+        rollups::restore_verified_through(&self.db, from, taken).await
+    }
+
+    /// Makes the rollups of every bucket the day range touches what the ledger says, writing
+    /// only what differs (one transaction).
     pub async fn rebuild_rollups(
         &self,
         from: chrono::NaiveDate,
@@ -341,7 +362,7 @@ impl SqlLedger {
     }
 
     /// Checks the rollups of the buckets the day range touches against the ledger; with
-    /// `repair`, rebuilds them when any differs.
+    /// `repair`, makes the differing ones what the ledger says.
     pub async fn verify_rollups(
         &self,
         from: chrono::NaiveDate,

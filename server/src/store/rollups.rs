@@ -169,6 +169,137 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
     .await
 }
 
+/// What [`take_over_pending`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TakenOver {
+    /// Pending events of the range's days, left for the rebuild of the range.
+    pub taken: u64,
+    /// Pending events of other days, folded into the rollups as the aggregator would.
+    pub folded: u64,
+    /// The nightly check's mark before it was moved back to the day before the range (`None`
+    /// when nothing was taken or the mark was already earlier): see [`restore_verified_through`].
+    pub verified_through_before: Option<Option<NaiveDate>>,
+}
+
+/// Before a backfill of `from..=to`: moves the cursor past every readable pending event in one
+/// transaction, folding those of other days into the rollups and leaving those of the range's
+/// days to the rebuild that follows (it reads every event up to the cursor). Reading a large
+/// backlog once this way is much cheaper than folding it batch by batch and then rebuilding.
+///
+/// Until the rebuild has run, the range's rollups lack the events taken over; so the nightly
+/// check's mark moves back to the day before the range, and a backfill that is cut short is
+/// finished by the next nightly check.
+pub(super) async fn take_over_pending(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<TakenOver, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        let _turn = db.write_turn().await;
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let Cursor { tx: last_tx, event_id } = lock_cursor(&mut tx, db.dialect)
+            .await
+            .map_err(ledger_error)?;
+        let sql = match db.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
+                 ORDER BY usage_event_id"
+            ),
+            Dialect::Postgres => format!(
+                "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
+                 WHERE (tx_id, usage_event_id) > (CAST('{last_tx}' AS xid8), {event_id}) \
+                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY tx_id, usage_event_id"
+            ),
+        };
+        let mut delta = RollupDelta::default();
+        let mut outcome = TakenOver::default();
+        let mut next = None;
+        {
+            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(ledger_error)? {
+                let facts = facts_from_row(&row).map_err(ledger_error)?;
+                let day = facts.at.date_naive();
+                if day >= from && day <= to {
+                    outcome.taken += 1;
+                } else {
+                    outcome.folded += 1;
+                    delta.add(&facts);
+                }
+                next = Some(Cursor {
+                    tx: row.try_get("tx").map_err(ledger_error)?,
+                    event_id: row.try_get("usage_event_id").map_err(ledger_error)?,
+                });
+            }
+        }
+        let Some(next) = next else {
+            tx.rollback().await.map_err(ledger_error)?;
+            return Ok(outcome);
+        };
+        apply_delta(&mut tx, db.dialect, &delta, &delta.distinct_members())
+            .await
+            .map_err(ledger_error)?;
+        sqlx::query(
+            "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
+        )
+        .bind(next.tx)
+        .bind(next.event_id)
+        .bind(micros(Utc::now()))
+        .bind(CURSOR)
+        .execute(&mut *tx)
+        .await
+        .map_err(ledger_error)?;
+        if outcome.taken > 0
+            && let Some(before_range) = from.pred_opt()
+        {
+            let mark: Option<String> =
+                sqlx::query("SELECT verified_through FROM rollup_cursor WHERE name = $1")
+                    .bind(CURSOR)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|row| row.try_get("verified_through"))
+                    .map_err(ledger_error)?;
+            let mark = mark.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+            if mark.is_none_or(|day| day > before_range) {
+                sqlx::query("UPDATE rollup_cursor SET verified_through = $1 WHERE name = $2")
+                    .bind(before_range.to_string())
+                    .bind(CURSOR)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ledger_error)?;
+                outcome.verified_through_before = Some(mark);
+            }
+        }
+        tx.commit().await.map_err(ledger_error)?;
+        Ok(outcome)
+    })
+    .await
+}
+
+/// After the backfill that followed [`take_over_pending`] has rebuilt the range: puts the
+/// nightly check's mark back where it was, unless the check has moved it since.
+pub(super) async fn restore_verified_through(
+    db: &Db,
+    from: NaiveDate,
+    taken: &TakenOver,
+) -> Result<(), LedgerError> {
+    let (Some(before), Some(lowered)) = (taken.verified_through_before, from.pred_opt()) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE rollup_cursor SET verified_through = $1 WHERE name = $2 AND verified_through = $3",
+    )
+    .bind(before.map(|d| d.to_string()))
+    .bind(CURSOR)
+    .bind(lowered.to_string())
+    .execute(&db.pool)
+    .await
+    .map_err(ledger_error)?;
+    Ok(())
+}
+
 /// Whether the ledger may hold events the aggregator has not read (a cheap check first, so an
 /// idle system costs one indexed read, not a write transaction).
 pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
