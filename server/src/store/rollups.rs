@@ -78,9 +78,18 @@ async fn lock_cursor(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
 ) -> Result<Cursor, sqlx::Error> {
+    read_cursor(tx, dialect, true).await
+}
+
+/// Reads the cursor; with `lock`, locks it until the transaction ends (Postgres).
+async fn read_cursor(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    lock: bool,
+) -> Result<Cursor, sqlx::Error> {
     let lock = match dialect {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Postgres if lock => " FOR UPDATE",
+        _ => "",
     };
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = $1{lock}"
@@ -953,6 +962,8 @@ async fn stored_distinct(
     Ok(out)
 }
 
+/// The stored day members of a day range (naming every dimension lets SQLite read them through
+/// the `(period, dimension, bucket)` index instead of scanning the table).
 async fn stored_day_members(
     tx: &mut Transaction<'_, Any>,
     from: NaiveDate,
@@ -961,7 +972,8 @@ async fn stored_day_members(
     let rows = sqlx::query(
         "SELECT account_id, bucket, dimension, value, input_tokens, output_tokens, total_tokens, \
          cost_picos, messages, last_activity_at \
-         FROM usage_rollup_member WHERE period = 'day' AND bucket >= $1 AND bucket <= $2",
+         FROM usage_rollup_member WHERE period = 'day' AND dimension IN ('c', 'a', 'm', 'p') \
+         AND bucket >= $1 AND bucket <= $2",
     )
     .bind(from.to_string())
     .bind(to.to_string())
@@ -1013,8 +1025,11 @@ fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
 }
 
 /// Checks every rollup of the buckets the day range touches against the ledger's processed
-/// events; with `repair`, makes the differing ones what the ledger says (in the same
-/// transaction).
+/// events; with `repair`, makes the differing ones what the ledger says.
+///
+/// The check reads in a read-only snapshot, so writers (the ledger writer, the aggregator) go
+/// on meanwhile; only when something differs and `repair` is asked does it compare again under
+/// the write lock and write the differences in that transaction.
 pub(super) async fn verify(
     db: &Db,
     from: NaiveDate,
@@ -1023,6 +1038,28 @@ pub(super) async fn verify(
 ) -> Result<Verification, LedgerError> {
     let db = db.clone();
     detached(async move {
+        let found = {
+            let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+            let begin = match db.dialect {
+                // Deferred: a snapshot from the first read on, no write lock.
+                Dialect::Sqlite => "BEGIN",
+                Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            };
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin)
+                .await
+                .map_err(ledger_error)?;
+            let cursor = read_cursor(&mut tx, db.dialect, false)
+                .await
+                .map_err(ledger_error)?;
+            let found = compare(&mut tx, db.dialect, cursor, from, to)
+                .await
+                .map_err(ledger_error)?;
+            tx.rollback().await.map_err(ledger_error)?;
+            found
+        };
+        if !repair || found.matches() {
+            return Ok(found);
+        }
         let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
@@ -1032,15 +1069,13 @@ pub(super) async fn verify(
         let mut found = compare(&mut tx, db.dialect, cursor, from, to)
             .await
             .map_err(ledger_error)?;
-        if repair && !found.matches() {
+        if !found.matches() {
             write_differences(&mut tx, db.dialect, &found)
                 .await
                 .map_err(ledger_error)?;
-            tx.commit().await.map_err(ledger_error)?;
             found.repaired = true;
-        } else {
-            tx.rollback().await.map_err(ledger_error)?;
         }
+        tx.commit().await.map_err(ledger_error)?;
         Ok(found)
     })
     .await
