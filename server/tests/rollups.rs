@@ -326,6 +326,25 @@ async fn ten_days_not_aggregated(url: &str) -> (Arc<SqlLedger>, Vec<Spec>, Naive
     (ledger, specs, yesterday)
 }
 
+/// Records a copy of an event under another idempotency key (and, if given, at another time).
+async fn record_copy(
+    ledger: &SqlLedger,
+    spec: &Spec,
+    key: &str,
+    at: Option<DateTime<Utc>>,
+) -> Spec {
+    let mut copy = spec.clone();
+    copy.key = key.into();
+    copy.at = at.unwrap_or(spec.at);
+    ledger
+        .record_at(&[copy.usage()], &[copy.at])
+        .await
+        .pop()
+        .unwrap()
+        .unwrap();
+    copy
+}
+
 async fn verified_through(ledger: &SqlLedger) -> Option<String> {
     sqlx::query_scalar("SELECT verified_through FROM rollup_cursor")
         .fetch_one(&ledger.db().pool)
@@ -338,17 +357,9 @@ async fn verified_through(ledger: &SqlLedger) -> Option<String> {
 async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     let (ledger, mut specs, yesterday) = ten_days_not_aggregated(&db.url).await;
     let from = yesterday - Days::new(9);
-    // One event of today, outside the range.
-    let mut today = specs[0].clone();
-    today.key = "today".into();
-    // Stored to the microsecond.
-    today.at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-    ledger
-        .record_at(&[today.usage()], &[today.at])
-        .await
-        .pop()
-        .unwrap()
-        .unwrap();
+    // One event of today (stored to the microsecond), outside the range.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let today = record_copy(&ledger, &specs[0], "today", Some(now)).await;
     specs.push(today);
     sqlx::query("UPDATE rollup_cursor SET verified_through = $1")
         .bind(yesterday.to_string())
@@ -390,14 +401,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     let nothing = ledger.take_over_pending(from, yesterday).await.unwrap();
     assert_eq!(nothing, Default::default());
     // A whole backfill: a late event of the range, taken over, rebuilt, and the mark restored.
-    let mut late = specs[3].clone();
-    late.key = "late".into();
-    ledger
-        .record_at(&[late.usage()], &[late.at])
-        .await
-        .pop()
-        .unwrap()
-        .unwrap();
+    let late = record_copy(&ledger, &specs[3], "late", None).await;
     specs.push(late);
     let taken = ledger.take_over_pending(from, yesterday).await.unwrap();
     assert_eq!((taken.taken, taken.folded), (1, 0), "{taken:?}");
@@ -591,14 +595,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     );
     assert_eq!(stored_rollups(ledger.db()).await, once);
     // New events after a rebuild are still added exactly once by the aggregator.
-    let mut late = specs[0].clone();
-    late.key = "late".into();
-    ledger
-        .record_at(&[late.usage()], &[late.at])
-        .await
-        .pop()
-        .unwrap()
-        .unwrap();
+    let late = record_copy(&ledger, &specs[0], "late", None).await;
     // Until the aggregator runs, the late event is pending, as old as it is.
     let now = Utc::now();
     let waiting = app::ports::Ledger::aggregator_status(ledger.as_ref(), now)

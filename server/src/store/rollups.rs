@@ -115,6 +115,46 @@ fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
     }
 }
 
+/// The events after the cursor that the aggregator may read, in its order. On Postgres only
+/// those of transactions older than every one still running: a later commit can never land
+/// behind the cursor. The cursor's numbers come from the database, so writing them is safe.
+fn pending_events_sql(dialect: Dialect, cursor: Cursor) -> String {
+    let Cursor { tx, event_id } = cursor;
+    match dialect {
+        Dialect::Sqlite => format!(
+            "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
+             ORDER BY usage_event_id"
+        ),
+        Dialect::Postgres => format!(
+            "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
+             WHERE (tx_id, usage_event_id) > (CAST('{tx}' AS xid8), {event_id}) \
+               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id, usage_event_id"
+        ),
+    }
+}
+
+/// Adds a delta of newly read events to the rollups and moves the cursor to the last of them,
+/// in the caller's transaction.
+async fn fold_and_advance(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    delta: &RollupDelta,
+    next: Cursor,
+) -> Result<(), sqlx::Error> {
+    apply_delta(tx, dialect, delta, &delta.distinct_members()).await?;
+    sqlx::query(
+        "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
+    )
+    .bind(next.tx)
+    .bind(next.event_id)
+    .bind(micros(Utc::now()))
+    .bind(CURSOR)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Folds the events after the cursor (at most `limit`) into the rollups; answers how many.
 pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerError> {
     let db = db.clone();
@@ -123,20 +163,10 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
         let started = std::time::Instant::now();
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
-        let cursor = lock_cursor(&mut tx, db.dialect).await.map_err(ledger_error)?;
-        let Cursor { tx: last_tx, event_id } = cursor;
-        let sql = match db.dialect {
-            Dialect::Sqlite => format!(
-                "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
-                 ORDER BY usage_event_id LIMIT $1"
-            ),
-            Dialect::Postgres => format!(
-                "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
-                 WHERE (tx_id, usage_event_id) > (CAST('{last_tx}' AS xid8), {event_id}) \
-                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tx_id, usage_event_id LIMIT $1"
-            ),
-        };
+        let cursor = lock_cursor(&mut tx, db.dialect)
+            .await
+            .map_err(ledger_error)?;
+        let sql = format!("{} LIMIT $1", pending_events_sql(db.dialect, cursor));
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(limit)
             .fetch_all(&mut *tx)
@@ -154,19 +184,9 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
         for row in &rows {
             delta.add(&facts_from_row(row).map_err(ledger_error)?);
         }
-        apply_delta(&mut tx, db.dialect, &delta, &delta.distinct_members())
+        fold_and_advance(&mut tx, db.dialect, &delta, next)
             .await
             .map_err(ledger_error)?;
-        sqlx::query(
-            "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
-        )
-        .bind(next.tx)
-        .bind(next.event_id)
-        .bind(micros(Utc::now()))
-        .bind(CURSOR)
-        .execute(&mut *tx)
-        .await
-        .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
         tracing::debug!(
             events = rows.len(),
@@ -208,21 +228,10 @@ pub(super) async fn take_over_pending(
         let _turn = db.write_turn().await;
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
-        let Cursor { tx: last_tx, event_id } = lock_cursor(&mut tx, db.dialect)
+        let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let sql = match db.dialect {
-            Dialect::Sqlite => format!(
-                "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
-                 ORDER BY usage_event_id"
-            ),
-            Dialect::Postgres => format!(
-                "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
-                 WHERE (tx_id, usage_event_id) > (CAST('{last_tx}' AS xid8), {event_id}) \
-                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tx_id, usage_event_id"
-            ),
-        };
+        let sql = pending_events_sql(db.dialect, cursor);
         let mut delta = RollupDelta::default();
         let mut outcome = TakenOver::default();
         let mut next = None;
@@ -247,19 +256,9 @@ pub(super) async fn take_over_pending(
             tx.rollback().await.map_err(ledger_error)?;
             return Ok(outcome);
         };
-        apply_delta(&mut tx, db.dialect, &delta, &delta.distinct_members())
+        fold_and_advance(&mut tx, db.dialect, &delta, next)
             .await
             .map_err(ledger_error)?;
-        sqlx::query(
-            "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
-        )
-        .bind(next.tx)
-        .bind(next.event_id)
-        .bind(micros(Utc::now()))
-        .bind(CURSOR)
-        .execute(&mut *tx)
-        .await
-        .map_err(ledger_error)?;
         if outcome.taken > 0
             && let Some(before_range) = from.pred_opt()
         {
