@@ -345,6 +345,15 @@ async fn record_copy(
     copy
 }
 
+/// Whether every rollup of the day range matches the ledger (checked, not repaired).
+async fn matches_ledger(ledger: &SqlLedger, from: NaiveDate, to: NaiveDate) -> bool {
+    ledger
+        .verify_rollups(from, to, false)
+        .await
+        .unwrap()
+        .matches()
+}
+
 async fn verified_through(ledger: &SqlLedger) -> Option<String> {
     sqlx::query_scalar("SELECT verified_through FROM rollup_cursor")
         .fetch_one(&ledger.db().pool)
@@ -389,13 +398,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     assert_eq!(checked_from, from);
     assert!(check.repaired && !check.matches(), "{check:?}");
     assert_eq!(stored_rollups(ledger.db()).await, expected);
-    assert!(
-        ledger
-            .verify_rollups(from, yesterday, false)
-            .await
-            .unwrap()
-            .matches()
-    );
+    assert!(matches_ledger(&ledger, from, yesterday).await);
 
     // Nothing pending: nothing to take over.
     let nothing = ledger.take_over_pending(from, yesterday).await.unwrap();
@@ -411,13 +414,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     assert_eq!(verified_through(&ledger).await, Some(yesterday.to_string()));
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
     assert_eq!(stored_rollups(ledger.db()).await, expected);
-    assert!(
-        ledger
-            .verify_rollups(from, yesterday, false)
-            .await
-            .unwrap()
-            .matches()
-    );
+    assert!(matches_ledger(&ledger, from, yesterday).await);
 }
 
 async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
@@ -524,13 +521,7 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
     }
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
     assert_eq!(stored_rollups(ledger.db()).await, expected);
-    assert!(
-        ledger
-            .verify_rollups(yesterday - Days::new(9), yesterday, false)
-            .await
-            .unwrap()
-            .matches()
-    );
+    assert!(matches_ledger(&ledger, yesterday - Days::new(9), yesterday).await);
     // Done for today: the next run has nothing to check.
     assert!(ledger.nightly_check(yesterday).await.unwrap().is_none());
 }
@@ -586,13 +577,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     .unwrap();
     let cleaned = ledger.rebuild_rollups(from, yesterday).await.unwrap();
     assert_eq!(cleaned.rows_changed, 2, "{cleaned:?}");
-    assert!(
-        ledger
-            .verify_rollups(from, yesterday, false)
-            .await
-            .unwrap()
-            .matches()
-    );
+    assert!(matches_ledger(&ledger, from, yesterday).await);
     assert_eq!(stored_rollups(ledger.db()).await, once);
     // New events after a rebuild are still added exactly once by the aggregator.
     let late = record_copy(&ledger, &specs[0], "late", None).await;
