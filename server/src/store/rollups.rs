@@ -119,16 +119,14 @@ fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
 /// those of transactions older than every one still running: a later commit can never land
 /// behind the cursor. The cursor's numbers come from the database, so writing them is safe.
 fn pending_events_sql(dialect: Dialect, cursor: Cursor) -> String {
-    let Cursor { tx, event_id } = cursor;
+    let after = unprocessed_condition(dialect, cursor);
     match dialect {
         Dialect::Sqlite => format!(
-            "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE usage_event_id > {event_id} \
-             ORDER BY usage_event_id"
+            "SELECT {EVENT_COLUMNS}, 0 AS tx FROM usage_event WHERE {after} ORDER BY usage_event_id"
         ),
         Dialect::Postgres => format!(
             "SELECT {EVENT_COLUMNS}, CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx FROM usage_event \
-             WHERE (tx_id, usage_event_id) > (CAST('{tx}' AS xid8), {event_id}) \
-               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE {after} AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY tx_id, usage_event_id"
         ),
     }
@@ -308,24 +306,30 @@ pub(super) async fn restore_verified_through(
     Ok(())
 }
 
-/// Whether the ledger may hold events the aggregator has not read (a cheap check first, so an
-/// idle system costs one indexed read, not a write transaction).
-pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
-    let sql = match db.dialect {
-        Dialect::Sqlite => {
-            "SELECT EXISTS (SELECT 1 FROM usage_event WHERE usage_event_id > \
-             (SELECT last_event_id FROM rollup_cursor WHERE name = $1)) AS behind"
-        }
+/// SQL that keeps only events after the cursor (not read by the aggregator yet). Written with
+/// the cursor's numbers (integers from the database), so Postgres plans a range scan of the
+/// `(tx_id, usage_event_id)` index; a cursor joined in made it scan the whole ledger.
+fn unprocessed_condition(dialect: Dialect, cursor: Cursor) -> String {
+    let Cursor { tx, event_id } = cursor;
+    match dialect {
+        Dialect::Sqlite => format!("usage_event_id > {event_id}"),
         Dialect::Postgres => {
-            "SELECT EXISTS (SELECT 1 FROM usage_event, rollup_cursor c WHERE c.name = $1 AND \
-             (tx_id, usage_event_id) > (CAST(CAST(c.last_tx AS TEXT) AS xid8), c.last_event_id)) AS behind"
+            format!("(tx_id, usage_event_id) > (CAST('{tx}' AS xid8), {event_id})")
         }
-    };
-    let row = sqlx::query(sql)
-        .bind(CURSOR)
-        .fetch_one(&db.pool)
-        .await
-        .map_err(ledger_error)?;
+    }
+}
+
+/// Whether the ledger may hold events the aggregator has not read (a cheap check first, so an
+/// idle system costs two indexed reads, not a write transaction).
+pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
+    let (cursor, _) = cursor_position(db).await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM usage_event WHERE {}) AS behind",
+        unprocessed_condition(db.dialect, cursor)
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .map_err(ledger_error)?;
     let behind: bool = match row.try_get::<bool, _>("behind") {
         Ok(b) => b,
         Err(_) => row.try_get::<i64, _>("behind").map_err(ledger_error)? != 0,
@@ -336,22 +340,16 @@ pub(super) async fn behind(db: &Db) -> Result<bool, LedgerError> {
 /// How many recorded events the aggregator has not read, and when the first of them (in the
 /// aggregator's order) was recorded.
 pub(super) async fn pending(db: &Db) -> Result<(u64, Option<DateTime<Utc>>), LedgerError> {
-    let after = match db.dialect {
-        Dialect::Sqlite => {
-            "FROM usage_event WHERE usage_event_id > \
-             (SELECT last_event_id FROM rollup_cursor WHERE name = $1)"
-        }
-        Dialect::Postgres => {
-            "FROM usage_event, rollup_cursor c WHERE c.name = $1 AND \
-             (tx_id, usage_event_id) > (CAST(CAST(c.last_tx AS TEXT) AS xid8), c.last_event_id)"
-        }
-    };
+    let (cursor, _) = cursor_position(db).await?;
+    let after = format!(
+        "FROM usage_event WHERE {}",
+        unprocessed_condition(db.dialect, cursor)
+    );
     let order = match db.dialect {
         Dialect::Sqlite => "usage_event_id",
         Dialect::Postgres => "tx_id, usage_event_id",
     };
     let count: i64 = sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n {after}")))
-        .bind(CURSOR)
         .fetch_one(&db.pool)
         .await
         .and_then(|row| row.try_get("n"))
@@ -359,7 +357,6 @@ pub(super) async fn pending(db: &Db) -> Result<(u64, Option<DateTime<Utc>>), Led
     let first: Option<i64> = sqlx::query(AssertSqlSafe(format!(
         "SELECT created_at {after} ORDER BY {order} LIMIT 1"
     )))
-    .bind(CURSOR)
     .fetch_optional(&db.pool)
     .await
     .and_then(|row| row.map(|r| r.try_get("created_at")).transpose())
