@@ -695,14 +695,31 @@ fn replace_rows_sql(
     )
 }
 
-/// `DELETE` one row by its whole key.
-fn delete_row_sql(table: &str, keys: &[&str]) -> String {
+/// Deletes rows by their whole key (each row: its key columns' values, as text, in `keys`
+/// order); answers how many were asked for. Rare (only rows the ledger does not back), so one
+/// statement per row.
+async fn delete_rows(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    keys: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) -> Result<u64, sqlx::Error> {
     let conditions: Vec<String> = keys
         .iter()
         .enumerate()
         .map(|(n, c)| format!("{c} = ${}", n + 1))
         .collect();
-    format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "))
+    let sql = format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "));
+    let mut deleted = 0;
+    for row in rows {
+        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        for value in row {
+            query = query.bind(value);
+        }
+        query.execute(&mut **tx).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 const ROLLUP_KEYS: [&str; 3] = ["account_id", "period", "bucket"];
@@ -770,16 +787,14 @@ async fn write_differences(
         query.execute(&mut **tx).await?;
         changed += chunk.len() as u64;
     }
-    let delete_rollup = delete_row_sql("usage_rollup", &ROLLUP_KEYS);
-    for d in gone {
-        sqlx::query(AssertSqlSafe(delete_rollup.as_str()))
-            .bind(d.user_id.as_str())
-            .bind(d.period.as_str())
-            .bind(d.bucket.to_string())
-            .execute(&mut **tx)
-            .await?;
-        changed += 1;
-    }
+    let keys = gone.iter().map(|d| {
+        vec![
+            d.user_id.clone(),
+            d.period.as_str().to_owned(),
+            d.bucket.to_string(),
+        ]
+    });
+    changed += delete_rows(tx, "usage_rollup", &ROLLUP_KEYS, keys).await?;
 
     let (members, gone): (Vec<_>, Vec<_>) = found
         .member_differences
@@ -810,18 +825,16 @@ async fn write_differences(
         query.execute(&mut **tx).await?;
         changed += chunk.len() as u64;
     }
-    let delete_member = delete_row_sql("usage_rollup_member", &MEMBER_KEYS);
-    for d in gone {
-        sqlx::query(AssertSqlSafe(delete_member.as_str()))
-            .bind(d.user_id.as_str())
-            .bind(Period::Day.as_str())
-            .bind(d.day.to_string())
-            .bind(d.dimension.code())
-            .bind(d.value.as_str())
-            .execute(&mut **tx)
-            .await?;
-        changed += 1;
-    }
+    let keys = gone.iter().map(|d| {
+        vec![
+            d.user_id.clone(),
+            Period::Day.as_str().to_owned(),
+            d.day.to_string(),
+            d.dimension.code().to_owned(),
+            d.value.clone(),
+        ]
+    });
+    changed += delete_rows(tx, "usage_rollup_member", &MEMBER_KEYS, keys).await?;
 
     let (stray, missing): (Vec<_>, Vec<_>) = found
         .distinct_differences
@@ -847,18 +860,18 @@ async fn write_differences(
         query.execute(&mut **tx).await?;
         changed += chunk.len() as u64;
     }
-    let delete_distinct = delete_row_sql("usage_rollup_distinct", &MEMBER_KEYS);
-    for ((user, period, bucket, dimension, value), _) in stray {
-        sqlx::query(AssertSqlSafe(delete_distinct.as_str()))
-            .bind(user.as_str())
-            .bind(period.as_str())
-            .bind(bucket.to_string())
-            .bind(dimension.code())
-            .bind(value.as_str())
-            .execute(&mut **tx)
-            .await?;
-        changed += 1;
-    }
+    let keys = stray
+        .iter()
+        .map(|((user, period, bucket, dimension, value), _)| {
+            vec![
+                user.clone(),
+                period.as_str().to_owned(),
+                bucket.to_string(),
+                dimension.code().to_owned(),
+                value.clone(),
+            ]
+        });
+    changed += delete_rows(tx, "usage_rollup_distinct", &MEMBER_KEYS, keys).await?;
     Ok(changed)
 }
 
