@@ -339,7 +339,11 @@ pub fn rollups_of(events: &[EventFacts]) -> BTreeMap<RollupKey, Rollup> {
         .collect()
 }
 
-/// A day range cut into batches of at most `days` days, in order, covering it exactly.
+/// A day range cut into batches of at most `days` days, in order, covering it exactly. No batch
+/// crosses a month's end: a batch's rebuild reads the events of every week and month it
+/// touches, so a batch inside one month reads that month and the weeks at its edges, where one
+/// across two months would read both. With `days` ≥ 31 every batch is a calendar month (cut to
+/// the range at its ends).
 pub fn day_batches(from: NaiveDate, to: NaiveDate, days: u32) -> Vec<(NaiveDate, NaiveDate)> {
     let mut batches = Vec::new();
     let mut start = from;
@@ -347,6 +351,7 @@ pub fn day_batches(from: NaiveDate, to: NaiveDate, days: u32) -> Vec<(NaiveDate,
         let end = start
             .checked_add_days(Days::new(days.max(1) as u64 - 1))
             .unwrap_or(to)
+            .min(Period::Month.last_day(Period::Month.bucket_of_day(start)))
             .min(to);
         batches.push((start, end));
         match end.succ_opt() {

@@ -1,7 +1,7 @@
 //! Properties of periods and rollups (the reference the store's aggregator will be held to).
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
-use domain::rollup::{EventFacts, Period, RollupDelta, rollups_of};
+use domain::rollup::{EventFacts, Period, RollupDelta, day_batches, rollups_of};
 use proptest::prelude::*;
 
 fn moment() -> impl Strategy<Value = DateTime<Utc>> {
@@ -122,6 +122,34 @@ proptest! {
             let last = period.last_day(bucket);
             prop_assert_eq!(period.bucket_of_day(last), bucket);
             prop_assert_eq!(period.bucket_of_day(last.succ_opt().unwrap()), last.succ_opt().unwrap());
+        }
+    }
+
+    /// Backfill batches cover the range exactly, in order, each at most `days` long and inside
+    /// one month; with `days` ≥ 31 they are whole months cut to the range.
+    #[test]
+    fn batches_cover_the_range_within_months(
+        from in moment(),
+        length in 0u64..800,
+        days in 1u32..=366,
+    ) {
+        let from = from.date_naive();
+        let to = from + chrono::Days::new(length);
+        let batches = day_batches(from, to, days);
+        prop_assert_eq!(batches.first().map(|b| b.0), Some(from));
+        prop_assert_eq!(batches.last().map(|b| b.1), Some(to));
+        for pair in batches.windows(2) {
+            prop_assert_eq!(pair[0].1.succ_opt(), Some(pair[1].0));
+        }
+        for &(start, end) in &batches {
+            prop_assert!(start <= end);
+            prop_assert!((end - start).num_days() < days as i64);
+            prop_assert_eq!(Period::Month.bucket_of_day(start), Period::Month.bucket_of_day(end));
+            let month = Period::Month.bucket_of_day(start);
+            if days >= 31 {
+                prop_assert_eq!(start, month.max(from));
+                prop_assert_eq!(end, Period::Month.last_day(month).min(to));
+            }
         }
     }
 }

@@ -97,8 +97,9 @@ pub struct BackfillArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub range: DayRangeArgs,
-    /// Days per batch (one transaction each).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
+    /// Days per batch at most (one transaction each); no batch crosses a month's end, so the
+    /// default makes every batch a calendar month.
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub batch_days: u32,
 }
 

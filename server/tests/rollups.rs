@@ -924,23 +924,7 @@ async fn csv_export_reads_back_as_the_rows(db: common::TestDb) {
     }
 
     // Every event of the range, oldest first, exactly as recorded.
-    let res = Client::new()
-        .get(format!(
-            "{}/api/usage/events.csv?userId=u0&{range}",
-            api.base
-        ))
-        .bearer_auth(&api.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    assert_eq!(
-        reader.headers().unwrap().len(),
-        domain::stats::EVENTS_CSV_HEADER.len()
-    );
-    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>().unwrap();
+    let records = events_csv(&api, &format!("userId=u0&{range}")).await;
     let expected: Vec<&Spec> = specs.iter().filter(|s| s.user == "u0").collect();
     assert_eq!(records.len(), expected.len());
     let times: Vec<&str> = records.iter().map(|r| &r[2]).collect();
@@ -953,8 +937,37 @@ async fn csv_export_reads_back_as_the_rows(db: common::TestDb) {
     assert_eq!(cost, expected.iter().map(|s| s.tokens * 1_250).sum::<u64>());
     let agents: Vec<&str> = records.iter().map(|r| &r[10]).collect();
     assert!(agents.contains(&"support, tier 2") && agents.contains(&"say \"hi\""));
+    // Everyone's events, and one model's of one user: exactly those.
+    let everyone = events_csv(&api, &format!("userId=*&{range}")).await;
+    assert_eq!(everyone.len(), specs.len());
+    let model = specs[0].model.clone().expect("u0's first event has a model");
+    let of_model = events_csv(&api, &format!("userId=u0&model={model}&{range}")).await;
+    let expected = specs
+        .iter()
+        .filter(|s| s.user == "u0" && s.model.as_deref() == Some(model.as_str()))
+        .count();
+    assert!(expected > 0);
+    assert_eq!(of_model.len(), expected);
+    assert!(of_model.iter().all(|r| &r[1] == "u0" && r[4] == *model));
     // Someone else's events are not a user's to export.
     let u1 = api.key_for("u1").await;
     let (status, _) = api.get(&u1, "/api/usage/events.csv?userId=u0").await;
     assert_eq!(status, 403);
+}
+
+async fn events_csv(api: &Api, query: &str) -> Vec<csv::StringRecord> {
+    let res = Client::new()
+        .get(format!("{}/api/usage/events.csv?{query}", api.base))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{query}");
+    let text = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().len(),
+        domain::stats::EVENTS_CSV_HEADER.len()
+    );
+    reader.records().collect::<Result<_, _>>().unwrap()
 }

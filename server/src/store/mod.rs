@@ -8,6 +8,7 @@ mod accounts;
 mod auth;
 mod reservations;
 mod rollups;
+mod sqlite_read;
 mod usage;
 
 use std::str::FromStr;
@@ -66,6 +67,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
+    /// SQLite's file, for the bulk read path (see [`sqlite_read`]); `None` on Postgres.
+    pub(crate) sqlite_file: Option<sqlite_read::SqliteFile>,
     /// SQLite has one writer at a time. The writers of this process take turns here, in the
     /// order they arrive, instead of in SQLite's busy handler, which polls with sleeps of up to
     /// 100 ms: a report that arrives while the aggregator writes waits for that one step only.
@@ -78,9 +81,12 @@ impl Db {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         install_default_drivers();
         let dialect = Dialect::of_url(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
-        let url = match dialect {
-            Dialect::Sqlite => sqlite_url_creating_file(url)?,
-            Dialect::Postgres => url.to_owned(),
+        let (url, sqlite_file) = match dialect {
+            Dialect::Sqlite => {
+                let (url, path) = sqlite_url_creating_file(url)?;
+                (url, Some(sqlite_read::SqliteFile::new(&path)))
+            }
+            Dialect::Postgres => (url.to_owned(), None),
         };
         let options = AnyPoolOptions::new()
             .acquire_timeout(Duration::from_secs(5))
@@ -111,6 +117,7 @@ impl Db {
         Ok(Self {
             pool,
             dialect,
+            sqlite_file,
             write_turns: Default::default(),
         })
     }
@@ -129,12 +136,17 @@ impl Db {
     }
 }
 
-/// `sqlite:path` → `sqlite://path?mode=rwc`, creating the parent folder.
-fn sqlite_url_creating_file(url: &str) -> Result<String, sqlx::Error> {
+/// `sqlite:path` → (`sqlite://path?mode=rwc`, path), creating the parent folder. An in-memory
+/// database is refused: every connection of a pool would get a database of its own.
+fn sqlite_url_creating_file(url: &str) -> Result<(String, std::path::PathBuf), sqlx::Error> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:"
-        && let Some(parent) = std::path::Path::new(path).parent()
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return Err(sqlx::Error::Configuration(
+            format!("DATABASE_URL {url:?} names no file: use sqlite:PATH").into(),
+        ));
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
         std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
@@ -149,7 +161,7 @@ fn sqlite_url_creating_file(url: &str) -> Result<String, sqlx::Error> {
     // Validate early with the driver's own parser for a clear error.
     let full = format!("sqlite://{path}?{query}");
     sqlx::sqlite::SqliteConnectOptions::from_str(&full)?;
-    Ok(full)
+    Ok((full, path.into()))
 }
 
 /// Maps a database error to the ledger's error: connection trouble is "unavailable" (503),

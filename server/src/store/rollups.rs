@@ -24,9 +24,9 @@ use domain::stats::{
     stats_of_events,
 };
 use futures::TryStreamExt;
-use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
+use super::sqlite_read::{Columns, for_each_row, read_error};
 use super::usage::placeholders;
 use super::{
     Db, Dialect, begin_write, detached, from_micros, ledger_error, many_parameters, micros,
@@ -47,28 +47,24 @@ pub struct Cursor {
 const EVENT_COLUMNS: &str = "usage_event_id, account_id, created_at, tokens, input_tokens, \
      output_tokens, cost_picos, model, conversation_id, agent_id, prompt_id";
 
-fn facts_from_row(row: &AnyRow) -> Result<EventFacts, sqlx::Error> {
-    let total: i64 = row.try_get("tokens")?;
-    let input: Option<i64> = row.try_get("input_tokens")?;
-    let output: Option<i64> = row.try_get("output_tokens")?;
-    let total = total.max(0) as u64;
+fn facts_from_row(row: &impl Columns) -> Result<EventFacts, sqlx::Error> {
+    let total = row.int("tokens")?.max(0) as u64;
     let (input_tokens, output_tokens) = EventFacts::split(
         total,
-        input.map(|v| v.max(0) as u64),
-        output.map(|v| v.max(0) as u64),
+        row.opt_int("input_tokens")?.map(|v| v.max(0) as u64),
+        row.opt_int("output_tokens")?.map(|v| v.max(0) as u64),
     );
-    let cost: i64 = row.try_get("cost_picos")?;
     Ok(EventFacts {
-        user_id: row.try_get("account_id")?,
-        at: from_micros(row.try_get("created_at")?),
+        user_id: row.text("account_id")?,
+        at: from_micros(row.int("created_at")?),
         input_tokens,
         output_tokens,
         total_tokens: total,
-        cost_picos: cost.max(0) as u64,
-        model: row.try_get("model")?,
-        conversation: row.try_get("conversation_id")?,
-        agent: row.try_get("agent_id")?,
-        prompt: row.try_get("prompt_id")?,
+        cost_picos: row.int("cost_picos")?.max(0) as u64,
+        model: row.opt_text("model")?,
+        conversation: row.opt_text("conversation_id")?,
+        agent: row.opt_text("agent_id")?,
+        prompt: row.opt_text("prompt_id")?,
     })
 }
 
@@ -569,54 +565,79 @@ struct Expected {
     events: u64,
 }
 
-async fn expected_delta(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    cursor: Cursor,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Expected, sqlx::Error> {
-    let (start, end) = covered_days(from, to);
-    let sql = format!(
+/// The ledger's processed events (up to the cursor) of every day the range's buckets cover:
+/// `$1` is the first day's start, `$2` the end (see [`covered_bounds`]).
+fn covered_events_sql(dialect: Dialect, cursor: Cursor) -> String {
+    format!(
         "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
         processed_condition(dialect, cursor)
-    );
-    let mut delta = RollupDelta::default();
-    let mut events = 0u64;
-    {
-        let mut rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(day_start_micros(start))
-            .bind(day_start_micros(end.succ_opt().unwrap_or(end)))
-            .fetch(&mut **tx);
-        while let Some(row) = rows.try_next().await? {
-            let facts = facts_from_row(&row)?;
-            let day = facts.at.date_naive();
-            if day >= from && day <= to {
-                events += 1;
-            }
-            delta.add(&facts);
+    )
+}
+
+/// The time bounds (microseconds) of the days whose events make up every bucket the range
+/// touches.
+fn covered_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
+    let (start, end) = covered_days(from, to);
+    (
+        day_start_micros(start),
+        day_start_micros(end.succ_opt().unwrap_or(end)),
+    )
+}
+
+/// Folds the events of [`covered_events_sql`] into what the ledger says for a range.
+struct ExpectedFold {
+    from: NaiveDate,
+    to: NaiveDate,
+    delta: RollupDelta,
+    events: u64,
+}
+
+impl ExpectedFold {
+    fn new(from: NaiveDate, to: NaiveDate) -> Self {
+        Self {
+            from,
+            to,
+            delta: RollupDelta::default(),
+            events: 0,
         }
     }
-    // Keep only the buckets the range touches (the covered days reach into others).
-    let ranges = bucket_ranges(from, to);
-    let inside = |period: Period, bucket: NaiveDate| {
-        ranges
-            .iter()
-            .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
-    };
-    // The whole rollups (distinct counts need every day of a week or month), then the delta.
-    let mut rollups = delta.to_rollups();
-    rollups.retain(|(_, p, b), _| inside(*p, *b));
-    let mut distinct = delta.distinct_members();
-    distinct.retain(|(_, p, b, _, _)| inside(*p, *b));
-    delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
-    delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
-    Ok(Expected {
-        delta,
-        distinct,
-        rollups,
-        events,
-    })
+
+    fn add(&mut self, facts: &EventFacts) {
+        let day = facts.at.date_naive();
+        if day >= self.from && day <= self.to {
+            self.events += 1;
+        }
+        self.delta.add(facts);
+    }
+
+    fn finish(self) -> Expected {
+        let Self {
+            from,
+            to,
+            mut delta,
+            events,
+        } = self;
+        // Keep only the buckets the range touches (the covered days reach into others).
+        let ranges = bucket_ranges(from, to);
+        let inside = |period: Period, bucket: NaiveDate| {
+            ranges
+                .iter()
+                .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
+        };
+        // The whole rollups (distinct counts need every day of a week or month), then the delta.
+        let mut rollups = delta.to_rollups();
+        rollups.retain(|(_, p, b), _| inside(*p, *b));
+        let mut distinct = delta.distinct_members();
+        distinct.retain(|(_, p, b, _, _)| inside(*p, *b));
+        delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
+        delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
+        Expected {
+            delta,
+            distinct,
+            rollups,
+            events,
+        }
+    }
 }
 
 /// What a rebuild did.
@@ -645,9 +666,7 @@ pub(super) async fn rebuild(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let found = compare(&mut tx, db.dialect, cursor, from, to)
-            .await
-            .map_err(ledger_error)?;
+        let found = compare(&db, &mut tx, cursor, from, to).await?;
         let rows_changed = write_differences(&mut tx, db.dialect, &found)
             .await
             .map_err(ledger_error)?;
@@ -934,91 +953,187 @@ fn differing<K: Ord + Clone, V: PartialEq + Clone>(
         .collect()
 }
 
-/// The stored distinct values of every bucket the day range touches.
-async fn stored_distinct(
+/// The stored rollups of one period from bucket `$2` to `$3`.
+const STORED_ROLLUPS_SQL: &str = "SELECT account_id, period, bucket, input_tokens, output_tokens, \
+     total_tokens, cost_picos, messages, conversations, agents, models, last_activity_at \
+     FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3";
+
+/// The stored day members from day `$1` to `$2` (naming every dimension lets the database read
+/// them through the `(period, dimension, bucket)` index instead of scanning the table).
+const STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, bucket, dimension, value, input_tokens, \
+     output_tokens, total_tokens, cost_picos, messages, last_activity_at \
+     FROM usage_rollup_member WHERE period = 'day' AND dimension IN ('c', 'a', 'm', 'p') \
+     AND bucket >= $1 AND bucket <= $2";
+
+/// SQLite's tables of rollups are clustered on their primary key (account, period, bucket, …):
+/// a row found through the `(period, bucket)` index costs another search of the table by
+/// its text key, 14 times the cost of reading the rows in key order. So SQLite reads each
+/// account's range of the primary key. Every rollup's account is in `account`: rollups are
+/// made of events, and an account with events cannot be deleted (`usage_event` references it).
+fn by_account_range(sql: &str) -> String {
+    sql.replacen(
+        "WHERE period",
+        "WHERE account_id IN (SELECT account_id FROM account) AND period",
+        1,
+    )
+}
+
+/// The stored distinct values of one period from bucket `$2` to `$3`.
+const STORED_DISTINCT_SQL: &str = "SELECT account_id, bucket, dimension, value \
+     FROM usage_rollup_distinct WHERE period = $1 AND bucket >= $2 AND bucket <= $3";
+
+fn bucket_and_dimension(
+    row: &impl Columns,
+    table: &str,
+) -> Result<(NaiveDate, Dimension), sqlx::Error> {
+    let bad = |what: &str| sqlx::Error::Decode(format!("{table} has a bad {what}").into());
+    let bucket = NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d")
+        .map_err(|_| bad("bucket"))?;
+    let dimension = Dimension::from_code(&row.text("dimension")?).ok_or_else(|| bad("dimension"))?;
+    Ok((bucket, dimension))
+}
+
+fn day_member_from_row(row: &impl Columns) -> Result<(MemberKey, Sums), sqlx::Error> {
+    let (day, dimension) = bucket_and_dimension(row, "usage_rollup_member")?;
+    Ok((
+        (
+            row.text("account_id")?,
+            Period::Day,
+            day,
+            dimension,
+            row.text("value")?,
+        ),
+        sums_from_row(row)?,
+    ))
+}
+
+fn distinct_from_row(row: &impl Columns, period: Period) -> Result<MemberKey, sqlx::Error> {
+    let (bucket, dimension) = bucket_and_dimension(row, "usage_rollup_distinct")?;
+    Ok((
+        row.text("account_id")?,
+        period,
+        bucket,
+        dimension,
+        row.text("value")?,
+    ))
+}
+
+/// What a comparison reads: what the ledger says and what is stored, for every bucket a day
+/// range touches.
+struct Compared {
+    expected: Expected,
+    rollups: BTreeMap<RollupKey, Rollup>,
+    day_members: BTreeMap<MemberKey, Sums>,
+    distinct: BTreeSet<MemberKey>,
+}
+
+/// Reads what [`compare`] compares, in the caller's transaction (sqlx: Postgres, or SQLite
+/// without its file at hand).
+async fn read_compared(
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<BTreeSet<MemberKey>, sqlx::Error> {
-    let bad =
-        |what: &str| sqlx::Error::Decode(format!("usage_rollup_distinct has a bad {what}").into());
-    let mut out = BTreeSet::new();
-    for (period, first, last) in bucket_ranges(from, to) {
-        let rows = sqlx::query(
-            "SELECT account_id, bucket, dimension, value FROM usage_rollup_distinct \
-             WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
-        )
-        .bind(period.as_str())
-        .bind(first.to_string())
-        .bind(last.to_string())
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in &rows {
-            let bucket =
-                NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
-                    .map_err(|_| bad("bucket"))?;
-            let dimension = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
-                .ok_or_else(|| bad("dimension"))?;
-            out.insert((
-                row.try_get("account_id")?,
-                period,
-                bucket,
-                dimension,
-                row.try_get("value")?,
-            ));
+) -> Result<Compared, sqlx::Error> {
+    let mut fold = ExpectedFold::new(from, to);
+    let (start, end) = covered_bounds(from, to);
+    {
+        let sql = covered_events_sql(dialect, cursor);
+        let mut rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .fetch(&mut **tx);
+        while let Some(row) = rows.try_next().await? {
+            fold.add(&facts_from_row(&row)?);
         }
     }
-    Ok(out)
+    let mut compared = Compared {
+        expected: fold.finish(),
+        rollups: BTreeMap::new(),
+        day_members: BTreeMap::new(),
+        distinct: BTreeSet::new(),
+    };
+    for (period, first, last) in bucket_ranges(from, to) {
+        let bounds = [period.as_str().to_owned(), first.to_string(), last.to_string()];
+        let bind = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(bounds[0].clone())
+                .bind(bounds[1].clone())
+                .bind(bounds[2].clone())
+        };
+        for row in bind(STORED_ROLLUPS_SQL).fetch_all(&mut **tx).await? {
+            let (key, rollup) = rollup_from_row(&row)?;
+            compared.rollups.insert(key, rollup);
+        }
+        for row in bind(STORED_DISTINCT_SQL).fetch_all(&mut **tx).await? {
+            compared.distinct.insert(distinct_from_row(&row, period)?);
+        }
+    }
+    let rows = sqlx::query(STORED_DAY_MEMBERS_SQL)
+        .bind(from.to_string())
+        .bind(to.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let (key, sums) = day_member_from_row(row)?;
+        compared.day_members.insert(key, sums);
+    }
+    Ok(compared)
 }
 
-/// The stored day members of a day range (naming every dimension lets SQLite read them through
-/// the `(period, dimension, bucket)` index instead of scanning the table).
-async fn stored_day_members(
-    tx: &mut Transaction<'_, Any>,
+/// [`read_compared`] on SQLite's bulk read path. Consistent when the caller holds the write
+/// lock (nothing can commit meanwhile) or reads in one transaction of `conn`.
+fn read_compared_sqlite(
+    conn: &rusqlite::Connection,
+    cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<BTreeMap<MemberKey, Sums>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT account_id, bucket, dimension, value, input_tokens, output_tokens, total_tokens, \
-         cost_picos, messages, last_activity_at \
-         FROM usage_rollup_member WHERE period = 'day' AND dimension IN ('c', 'a', 'm', 'p') \
-         AND bucket >= $1 AND bucket <= $2",
-    )
-    .bind(from.to_string())
-    .bind(to.to_string())
-    .fetch_all(&mut **tx)
-    .await?;
-    let bad =
-        |what: &str| sqlx::Error::Decode(format!("usage_rollup_member has a bad {what}").into());
-    let mut members = BTreeMap::new();
-    for row in &rows {
-        let day = NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
-            .map_err(|_| bad("bucket"))?;
-        let dimension = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
-            .ok_or_else(|| bad("dimension"))?;
-        members.insert(
-            (
-                row.try_get("account_id")?,
-                Period::Day,
-                day,
-                dimension,
-                row.try_get("value")?,
-            ),
-            sums_from_row(row)?,
-        );
+) -> Result<Compared, sqlx::Error> {
+    let mut fold = ExpectedFold::new(from, to);
+    let (start, end) = covered_bounds(from, to);
+    let sql = covered_events_sql(Dialect::Sqlite, cursor);
+    for_each_row(conn, &sql, &[&start, &end], |row| {
+        fold.add(&facts_from_row(row)?);
+        Ok(())
+    })?;
+    let mut compared = Compared {
+        expected: fold.finish(),
+        rollups: BTreeMap::new(),
+        day_members: BTreeMap::new(),
+        distinct: BTreeSet::new(),
+    };
+    for (period, first, last) in bucket_ranges(from, to) {
+        let bounds = [period.as_str().to_owned(), first.to_string(), last.to_string()];
+        let params: [&dyn rusqlite::ToSql; 3] = [&bounds[0], &bounds[1], &bounds[2]];
+        for_each_row(conn, &by_account_range(STORED_ROLLUPS_SQL), &params, |row| {
+            let (key, rollup) = rollup_from_row(row)?;
+            compared.rollups.insert(key, rollup);
+            Ok(())
+        })?;
+        for_each_row(conn, STORED_DISTINCT_SQL, &params, |row| {
+            compared.distinct.insert(distinct_from_row(row, period)?);
+            Ok(())
+        })?;
     }
-    Ok(members)
+    let (first_day, last_day) = (from.to_string(), to.to_string());
+    let day_members_sql = by_account_range(STORED_DAY_MEMBERS_SQL);
+    for_each_row(conn, &day_members_sql, &[&first_day, &last_day], |row| {
+        let (key, sums) = day_member_from_row(row)?;
+        compared.day_members.insert(key, sums);
+        Ok(())
+    })?;
+    Ok(compared)
 }
 
-fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
+fn rollup_from_row(row: &impl Columns) -> Result<(RollupKey, Rollup), sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("usage_rollup has a bad {what}").into());
-    let period = Period::parse(&row.try_get::<String, _>("period")?).map_err(|_| bad("period"))?;
-    let bucket = NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
+    let period = Period::parse(&row.text("period")?).map_err(|_| bad("period"))?;
+    let bucket = NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d")
         .map_err(|_| bad("bucket"))?;
-    let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
-    let last: Option<i64> = row.try_get("last_activity_at")?;
+    let n = |c: &str| row.int(c).map(|v| v.max(0) as u64);
     Ok((
-        (row.try_get("account_id")?, period, bucket),
+        (row.text("account_id")?, period, bucket),
         Rollup {
             input_tokens: n("input_tokens")?,
             output_tokens: n("output_tokens")?,
@@ -1028,7 +1143,7 @@ fn rollup_from_row(row: &AnyRow) -> Result<(RollupKey, Rollup), sqlx::Error> {
             conversations: n("conversations")?,
             agents: n("agents")?,
             models: n("models")?,
-            last_activity: last.map(from_micros),
+            last_activity: row.opt_int("last_activity_at")?.map(from_micros),
         },
     ))
 }
@@ -1047,25 +1162,7 @@ pub(super) async fn verify(
 ) -> Result<Verification, LedgerError> {
     let db = db.clone();
     detached(async move {
-        let found = {
-            let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-            let begin = match db.dialect {
-                // Deferred: a snapshot from the first read on, no write lock.
-                Dialect::Sqlite => "BEGIN",
-                Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            };
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, begin)
-                .await
-                .map_err(ledger_error)?;
-            let cursor = read_cursor(&mut tx, db.dialect, false)
-                .await
-                .map_err(ledger_error)?;
-            let found = compare(&mut tx, db.dialect, cursor, from, to)
-                .await
-                .map_err(ledger_error)?;
-            tx.rollback().await.map_err(ledger_error)?;
-            found
-        };
+        let found = compare_in_snapshot(&db, from, to).await?;
         if !repair || found.matches() {
             return Ok(found);
         }
@@ -1075,9 +1172,7 @@ pub(super) async fn verify(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let mut found = compare(&mut tx, db.dialect, cursor, from, to)
-            .await
-            .map_err(ledger_error)?;
+        let mut found = compare(&db, &mut tx, cursor, from, to).await?;
         if !found.matches() {
             write_differences(&mut tx, db.dialect, &found)
                 .await
@@ -1091,37 +1186,91 @@ pub(super) async fn verify(
 }
 
 /// Compares the stored rollups, day members and distinct values of every bucket the day range
-/// touches with what the ledger's processed events (up to `cursor`) give.
+/// touches with what the ledger's processed events (up to `cursor`) give. The caller holds
+/// the write lock in `tx`; on SQLite the rows are read on the bulk read path (nothing can
+/// commit meanwhile, so it reads what `tx` would).
 async fn compare(
+    db: &Db,
     tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
     cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Verification, sqlx::Error> {
-    let Expected {
-        delta,
-        rollups: expected,
-        distinct,
-        events,
-    } = expected_delta(tx, dialect, cursor, from, to).await?;
-    let mut stored: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
-    for (period, first, last) in bucket_ranges(from, to) {
-        let rows = sqlx::query(
-            "SELECT account_id, period, bucket, input_tokens, output_tokens, total_tokens, \
-             cost_picos, messages, conversations, agents, models, last_activity_at \
-             FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3",
-        )
-        .bind(period.as_str())
-        .bind(first.to_string())
-        .bind(last.to_string())
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in &rows {
-            let (key, rollup) = rollup_from_row(row)?;
-            stored.insert(key, rollup);
+) -> Result<Verification, LedgerError> {
+    let compared = match &db.sqlite_file {
+        Some(file) => {
+            file.read(move |conn| read_compared_sqlite(conn, cursor, from, to))
+                .await?
         }
+        None => read_compared(tx, db.dialect, cursor, from, to)
+            .await
+            .map_err(ledger_error)?,
+    };
+    Ok(verification_of(compared))
+}
+
+/// [`compare`] in a read-only snapshot, without the write lock: writers go on meanwhile.
+async fn compare_in_snapshot(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Verification, LedgerError> {
+    if let Some(file) = &db.sqlite_file {
+        let compared = file
+            .read(move |conn| {
+                // Deferred: a snapshot from the first read on, no write lock.
+                let tx = conn.transaction().map_err(read_error)?;
+                let cursor = read_cursor_sqlite(&tx)?;
+                read_compared_sqlite(&tx, cursor, from, to)
+            })
+            .await?;
+        return Ok(verification_of(compared));
     }
+    let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+    let begin = match db.dialect {
+        Dialect::Sqlite => "BEGIN",
+        Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    };
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, begin)
+        .await
+        .map_err(ledger_error)?;
+    let cursor = read_cursor(&mut tx, db.dialect, false)
+        .await
+        .map_err(ledger_error)?;
+    let compared = read_compared(&mut tx, db.dialect, cursor, from, to)
+        .await
+        .map_err(ledger_error)?;
+    tx.rollback().await.map_err(ledger_error)?;
+    Ok(verification_of(compared))
+}
+
+fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error> {
+    conn.query_row(
+        "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = ?1",
+        [CURSOR],
+        |row| {
+            Ok(Cursor {
+                tx: row.get(0)?,
+                event_id: row.get(1)?,
+            })
+        },
+    )
+    .map_err(read_error)
+}
+
+/// The differences between what the ledger says and what is stored.
+fn verification_of(compared: Compared) -> Verification {
+    let Compared {
+        expected:
+            Expected {
+                delta,
+                rollups: expected,
+                distinct,
+                events,
+            },
+        rollups: stored,
+        day_members: stored_members,
+        distinct: stored_distinct,
+    } = compared;
     let differences: Vec<RollupDifference> = differing(&stored, &expected)
         .into_iter()
         .map(
@@ -1134,7 +1283,6 @@ async fn compare(
             },
         )
         .collect();
-    let stored_members = stored_day_members(tx, from, to).await?;
     let member_differences: Vec<MemberDifference> = differing(&stored_members, &delta.members)
         .into_iter()
         .map(
@@ -1148,19 +1296,18 @@ async fn compare(
             },
         )
         .collect();
-    let stored_distinct = stored_distinct(tx, from, to).await?;
     let distinct_differences: Vec<(MemberKey, bool)> = stored_distinct
         .symmetric_difference(&distinct)
         .map(|key| (key.clone(), stored_distinct.contains(key)))
         .collect();
-    Ok(Verification {
+    Verification {
         events,
         rollups: expected.len() as u64,
         differences,
         member_differences,
         distinct_differences,
         repaired: false,
-    })
+    }
 }
 
 /// The last day the nightly check verified, if any.
@@ -1202,16 +1349,15 @@ fn bind_scope<'q>(
     }
 }
 
-fn sums_from_row(row: &AnyRow) -> Result<Sums, sqlx::Error> {
-    let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
-    let last: Option<i64> = row.try_get("last_activity_at")?;
+fn sums_from_row(row: &impl Columns) -> Result<Sums, sqlx::Error> {
+    let n = |c: &str| row.int(c).map(|v| v.max(0) as u64);
     Ok(Sums {
         input_tokens: n("input_tokens")?,
         output_tokens: n("output_tokens")?,
         total_tokens: n("total_tokens")?,
         cost_picos: n("cost_picos")?,
         messages: n("messages")?,
-        last_activity: last.map(from_micros),
+        last_activity: row.opt_int("last_activity_at")?.map(from_micros),
     })
 }
 
@@ -1434,27 +1580,67 @@ pub(super) fn export_events(
     model: Option<domain::ModelName>,
 ) -> tokio::sync::mpsc::Receiver<Result<Vec<EventRow>, LedgerError>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let model_condition = if model.is_some() {
+        " AND model = $3"
+    } else {
+        ""
+    };
+    let scope_n = if model.is_some() { 4 } else { 3 };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, source FROM usage_event \
+         WHERE created_at >= $1 AND created_at < $2{model_condition}{} \
+         ORDER BY created_at, usage_event_id",
+        scope_condition(&scope, scope_n)
+    );
+    let start = day_start_micros(from);
+    let end = day_start_micros(to.succ_opt().unwrap_or(to));
+    let model = model.map(|m| m.as_str().to_owned());
+    let user = match &scope {
+        StatsScope::User(user) => Some(user.as_str().to_owned()),
+        StatsScope::All => None,
+    };
+    if let Some(file) = db.sqlite_file.clone() {
+        tokio::task::spawn_blocking(move || {
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&start, &end];
+            params.extend(model.as_ref().map(|m| m as &dyn rusqlite::ToSql));
+            params.extend(user.as_ref().map(|u| u as &dyn rusqlite::ToSql));
+            let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
+            let mut gone = false;
+            let read = file.open().and_then(|conn| {
+                for_each_row(&conn, &sql, &params, |row| {
+                    chunk.push(event_row(row)?);
+                    if chunk.len() == EXPORT_CHUNK
+                        && sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                    {
+                        gone = true; // the client went away: stop reading
+                        return Err(sqlx::Error::RowNotFound);
+                    }
+                    Ok(())
+                })
+            });
+            match read {
+                _ if gone => {}
+                Ok(()) if chunk.is_empty() => {}
+                Ok(()) => {
+                    let _ = sender.blocking_send(Ok(chunk));
+                }
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(ledger_error(e)));
+                }
+            }
+        });
+        return receiver;
+    }
     let db = db.clone();
     tokio::spawn(async move {
-        let model_condition = if model.is_some() {
-            " AND model = $3"
-        } else {
-            ""
-        };
-        let scope_n = if model.is_some() { 4 } else { 3 };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS}, source FROM usage_event \
-             WHERE created_at >= $1 AND created_at < $2{model_condition}{} \
-             ORDER BY created_at, usage_event_id",
-            scope_condition(&scope, scope_n)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(day_start_micros(from))
-            .bind(day_start_micros(to.succ_opt().unwrap_or(to)));
-        if let Some(m) = &model {
-            query = query.bind(m.as_str());
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(start).bind(end);
+        if let Some(m) = model {
+            query = query.bind(m);
         }
-        let mut rows = bind_scope(query, &scope).fetch(&db.pool);
+        if let Some(u) = user {
+            query = query.bind(u);
+        }
+        let mut rows = query.fetch(&db.pool);
         let mut chunk = Vec::with_capacity(EXPORT_CHUNK);
         loop {
             match rows.try_next().await {
@@ -1486,10 +1672,10 @@ pub(super) fn export_events(
     receiver
 }
 
-fn event_row(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
+fn event_row(row: &impl Columns) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
-        event_id: row.try_get("usage_event_id")?,
-        source: row.try_get("source")?,
+        event_id: row.int("usage_event_id")?,
+        source: row.text("source")?,
         facts: facts_from_row(row)?,
     })
 }

@@ -1,0 +1,123 @@
+//! SQLite's bulk read path: backfills, verifications and CSV exports read millions of rows.
+//! Through sqlx each row crosses from SQLite's worker thread to the async task over a channel
+//! and is converted twice (to an `AnyRow`, then to Rust values); that capped reads at
+//! 80–215k rows/s. Here a blocking thread reads with rusqlite (the same SQLite library) and
+//! folds or formats the rows where it reads them.
+//!
+//! The SQL and the row decoding are shared with the sqlx path (Postgres, and every other read)
+//! through [`Columns`]: only how a statement is run differs.
+
+use std::path::{Path, PathBuf};
+
+use app::ports::LedgerError;
+use rusqlite::{Connection, OpenFlags};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// Named columns of a result row, whichever driver read it.
+pub(super) trait Columns {
+    fn int(&self, name: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn text(&self, name: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl Columns for AnyRow {
+    fn int(&self, name: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(name)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(name)
+    }
+    fn text(&self, name: &str) -> Result<String, sqlx::Error> {
+        self.try_get(name)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(name)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, name: &str) -> Result<i64, sqlx::Error> {
+        self.get(name).map_err(decode_error)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.get(name).map_err(decode_error)
+    }
+    fn text(&self, name: &str) -> Result<String, sqlx::Error> {
+        self.get(name).map_err(decode_error)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+        self.get(name).map_err(decode_error)
+    }
+}
+
+fn decode_error(e: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+/// A rusqlite error as sqlx's, so both paths report through the same mapping: a busy or
+/// locked database is "unavailable", the rest internal.
+pub(super) fn read_error(e: rusqlite::Error) -> sqlx::Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("the SQLite database is busy: {e}"),
+            ))
+        }
+        _ => sqlx::Error::Protocol(format!("sqlite read failed: {e}")),
+    }
+}
+
+/// Where a SQLite database's file is, to open read connections of its own next to sqlx's pool.
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteFile(PathBuf);
+
+impl SqliteFile {
+    pub(super) fn new(path: &Path) -> Self {
+        Self(path.to_owned())
+    }
+
+    /// A read-only connection (WAL: it never blocks the writer, nor the writer it).
+    pub(super) fn open(&self) -> Result<Connection, sqlx::Error> {
+        let conn = Connection::open_with_flags(
+            &self.0,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(read_error)?;
+        conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;")
+            .map_err(read_error)?;
+        Ok(conn)
+    }
+
+    /// Runs `read` on a new read connection on a blocking thread.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let file = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = file.open()?;
+            read(&mut conn)
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("read task failed: {e}")))?
+        .map_err(super::ledger_error)
+    }
+}
+
+/// Runs a query and hands each row to `each`.
+pub(super) fn for_each_row(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let mut statement = conn.prepare(sql).map_err(read_error)?;
+    let mut rows = statement.query(params).map_err(read_error)?;
+    while let Some(row) = rows.next().map_err(read_error)? {
+        each(row)?;
+    }
+    Ok(())
+}
