@@ -2,7 +2,7 @@
 //! ledger's events. The reference computation lives here, pure, so the store's incremental
 //! aggregator can be checked against it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -258,13 +258,19 @@ impl RollupDelta {
     /// The full rollups this delta amounts to, applied to nothing: sums, with distinct counts
     /// from the members.
     pub fn to_rollups(&self) -> BTreeMap<RollupKey, Rollup> {
+        self.rollups_and_distinct().0
+    }
+
+    /// [`Self::to_rollups`] and [`Self::distinct_members`], the second computed once for both.
+    pub fn rollups_and_distinct(&self) -> (BTreeMap<RollupKey, Rollup>, BTreeSet<MemberKey>) {
+        let distinct = self.distinct_members();
         let mut out: BTreeMap<RollupKey, Rollup> = self
             .rollups
             .iter()
             .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
             .collect();
-        for (user, period, bucket, dimension, _) in self.distinct_members() {
-            if let Some(r) = out.get_mut(&(user, period, bucket)) {
+        for (user, period, bucket, dimension, _) in &distinct {
+            if let Some(r) = out.get_mut(&(user.clone(), *period, *bucket)) {
                 match dimension {
                     Dimension::Conversation => r.conversations += 1,
                     Dimension::Agent => r.agents += 1,
@@ -273,7 +279,115 @@ impl RollupDelta {
                 }
             }
         }
-        out
+        (out, distinct)
+    }
+}
+
+/// Folds many events into the [`RollupDelta`] that adding them one by one gives, several times
+/// faster (backfills and checks fold millions): ids are numbered once, sums are kept per day in
+/// hash maps, and weeks and months are added up from their days at the end.
+#[derive(Debug, Default)]
+pub struct DeltaBuilder {
+    users: Names,
+    values: Names,
+    days: HashMap<(u32, NaiveDate), Sums>,
+    members: HashMap<(u32, NaiveDate, Dimension, u32), Sums>,
+}
+
+/// Strings numbered in the order they are first seen.
+#[derive(Debug, Default)]
+struct Names {
+    numbers: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn number(&mut self, name: &str) -> u32 {
+        if let Some(&n) = self.numbers.get(name) {
+            return n;
+        }
+        let n = self.names.len() as u32;
+        self.numbers.insert(name.to_owned(), n);
+        self.names.push(name.to_owned());
+        n
+    }
+
+    /// Each number's rank in the names' sorted order.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut ranks = vec![0; order.len()];
+        for (rank, n) in order.into_iter().enumerate() {
+            ranks[n as usize] = rank as u32;
+        }
+        ranks
+    }
+}
+
+impl DeltaBuilder {
+    pub fn add(&mut self, e: &EventFacts) {
+        let user = self.users.number(&e.user_id);
+        let day = Period::Day.bucket(e.at);
+        self.days.entry((user, day)).or_default().add_event(e);
+        for dimension in Dimension::ALL {
+            let value = self
+                .values
+                .number(e.value_of(dimension).unwrap_or(NO_VALUE));
+            self.members
+                .entry((user, day, dimension, value))
+                .or_default()
+                .add_event(e);
+        }
+    }
+
+    pub fn finish(self) -> RollupDelta {
+        let Self {
+            users,
+            values,
+            days,
+            members,
+        } = self;
+        let mut rollups: BTreeMap<RollupKey, Sums> = BTreeMap::new();
+        for ((user, day), sums) in &days {
+            for period in Period::ALL {
+                rollups
+                    .entry((
+                        users.names[*user as usize].clone(),
+                        period,
+                        period.bucket_of_day(*day),
+                    ))
+                    .or_default()
+                    .merge(sums);
+            }
+        }
+        // Sorted by numbers that follow the names' order, the members go into the map in key
+        // order (built in one pass, without comparing strings again).
+        let (user_rank, value_rank) = (users.ranks(), values.ranks());
+        let mut members: Vec<_> = members.into_iter().collect();
+        members.sort_unstable_by_key(|((user, day, dimension, value), _)| {
+            (
+                user_rank[*user as usize],
+                *day,
+                *dimension,
+                value_rank[*value as usize],
+            )
+        });
+        let members = members
+            .into_iter()
+            .map(|((user, day, dimension, value), sums)| {
+                (
+                    (
+                        users.names[user as usize].clone(),
+                        Period::Day,
+                        day,
+                        dimension,
+                        values.names[value as usize].clone(),
+                    ),
+                    sums,
+                )
+            })
+            .collect();
+        RollupDelta { rollups, members }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Properties of periods and rollups (the reference the store's aggregator will be held to).
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
-use domain::rollup::{EventFacts, Period, RollupDelta, day_batches, rollups_of};
+use domain::rollup::{DeltaBuilder, EventFacts, Period, RollupDelta, day_batches, rollups_of};
 use proptest::prelude::*;
 
 fn moment() -> impl Strategy<Value = DateTime<Utc>> {
@@ -101,6 +101,26 @@ proptest! {
             total.merge(&RollupDelta::of(&events[pair[0]..pair[1]]));
         }
         prop_assert_eq!(total.to_rollups(), rollups_of(&events));
+    }
+
+    /// The builder that backfills and checks use gives exactly the delta of adding the events
+    /// one by one (within 70 days, so they share days, weeks and months).
+    #[test]
+    fn the_builder_gives_the_delta_of_the_events(
+        events in proptest::collection::vec(event(), 0..120),
+    ) {
+        let events: Vec<EventFacts> = events
+            .into_iter()
+            .map(|e| {
+                let offset = e.at.timestamp_micros().rem_euclid(70 * 86_400_000_000);
+                EventFacts { at: Utc.timestamp_micros(1_767_000_000_000_000 + offset).unwrap(), ..e }
+            })
+            .collect();
+        let mut builder = DeltaBuilder::default();
+        for e in &events {
+            builder.add(e);
+        }
+        prop_assert_eq!(builder.finish(), RollupDelta::of(&events));
     }
 
     /// A split always adds up to the total and keeps a known output.

@@ -940,7 +940,10 @@ async fn csv_export_reads_back_as_the_rows(db: common::TestDb) {
     // Everyone's events, and one model's of one user: exactly those.
     let everyone = events_csv(&api, &format!("userId=*&{range}")).await;
     assert_eq!(everyone.len(), specs.len());
-    let model = specs[0].model.clone().expect("u0's first event has a model");
+    let model = specs[0]
+        .model
+        .clone()
+        .expect("u0's first event has a model");
     let of_model = events_csv(&api, &format!("userId=u0&model={model}&{range}")).await;
     let expected = specs
         .iter()

@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use app::ports::LedgerError;
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::rollup::{
-    Dimension, EventFacts, MemberKey, NO_VALUE, Period, Rollup, RollupDelta, RollupKey, Sums,
+    DeltaBuilder, Dimension, EventFacts, MemberKey, NO_VALUE, Period, Rollup, RollupDelta,
+    RollupKey, Sums,
 };
 use domain::stats::{
     EventRow, StatsAnswer, StatsQuery, StatsRow, StatsScope, StatsSummary, day_start_micros,
@@ -174,10 +175,11 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
             tx: last.try_get("tx").map_err(ledger_error)?,
             event_id: last.try_get("usage_event_id").map_err(ledger_error)?,
         };
-        let mut delta = RollupDelta::default();
+        let mut builder = DeltaBuilder::default();
         for row in &rows {
-            delta.add(&facts_from_row(row).map_err(ledger_error)?);
+            builder.add(&facts_from_row(row).map_err(ledger_error)?);
         }
+        let delta = builder.finish();
         fold_and_advance(&mut tx, db.dialect, &delta, next)
             .await
             .map_err(ledger_error)?;
@@ -226,7 +228,7 @@ pub(super) async fn take_over_pending(
             .await
             .map_err(ledger_error)?;
         let sql = pending_events_sql(db.dialect, cursor);
-        let mut delta = RollupDelta::default();
+        let mut builder = DeltaBuilder::default();
         let mut outcome = TakenOver::default();
         let mut next = None;
         {
@@ -238,7 +240,7 @@ pub(super) async fn take_over_pending(
                     outcome.taken += 1;
                 } else {
                     outcome.folded += 1;
-                    delta.add(&facts);
+                    builder.add(&facts);
                 }
                 next = Some(Cursor {
                     tx: row.try_get("tx").map_err(ledger_error)?,
@@ -250,7 +252,7 @@ pub(super) async fn take_over_pending(
             tx.rollback().await.map_err(ledger_error)?;
             return Ok(outcome);
         };
-        fold_and_advance(&mut tx, db.dialect, &delta, next)
+        fold_and_advance(&mut tx, db.dialect, &builder.finish(), next)
             .await
             .map_err(ledger_error)?;
         if outcome.taken > 0
@@ -588,7 +590,7 @@ fn covered_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
 struct ExpectedFold {
     from: NaiveDate,
     to: NaiveDate,
-    delta: RollupDelta,
+    events_by_day: DeltaBuilder,
     events: u64,
 }
 
@@ -597,7 +599,7 @@ impl ExpectedFold {
         Self {
             from,
             to,
-            delta: RollupDelta::default(),
+            events_by_day: DeltaBuilder::default(),
             events: 0,
         }
     }
@@ -607,16 +609,17 @@ impl ExpectedFold {
         if day >= self.from && day <= self.to {
             self.events += 1;
         }
-        self.delta.add(facts);
+        self.events_by_day.add(facts);
     }
 
     fn finish(self) -> Expected {
         let Self {
             from,
             to,
-            mut delta,
+            events_by_day,
             events,
         } = self;
+        let mut delta = events_by_day.finish();
         // Keep only the buckets the range touches (the covered days reach into others).
         let ranges = bucket_ranges(from, to);
         let inside = |period: Period, bucket: NaiveDate| {
@@ -625,9 +628,8 @@ impl ExpectedFold {
                 .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
         };
         // The whole rollups (distinct counts need every day of a week or month), then the delta.
-        let mut rollups = delta.to_rollups();
+        let (mut rollups, mut distinct) = delta.rollups_and_distinct();
         rollups.retain(|(_, p, b), _| inside(*p, *b));
-        let mut distinct = delta.distinct_members();
         distinct.retain(|(_, p, b, _, _)| inside(*p, *b));
         delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
         delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
@@ -939,18 +941,40 @@ impl Verification {
     }
 }
 
-/// Everything that is in one map and not the same in the other, by key.
+/// Everything that is in one map and not the same in the other, by key: one walk through
+/// both in key order.
 fn differing<K: Ord + Clone, V: PartialEq + Clone>(
     stored: &BTreeMap<K, V>,
     expected: &BTreeMap<K, V>,
 ) -> Vec<(K, Option<V>, Option<V>)> {
-    let keys: std::collections::BTreeSet<&K> = stored.keys().chain(expected.keys()).collect();
-    keys.into_iter()
-        .filter_map(|key| {
-            let (s, e) = (stored.get(key), expected.get(key));
-            (s != e).then(|| (key.clone(), s.cloned(), e.cloned()))
-        })
-        .collect()
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut s, mut e) = (stored.iter().peekable(), expected.iter().peekable());
+    loop {
+        let order = match (s.peek(), e.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ks, _)), Some((ke, _))) => ks.cmp(ke),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, v) = s.next().expect("peeked");
+                out.push((k.clone(), Some(v.clone()), None));
+            }
+            Ordering::Greater => {
+                let (k, v) = e.next().expect("peeked");
+                out.push((k.clone(), None, Some(v.clone())));
+            }
+            Ordering::Equal => {
+                let ((k, vs), (_, ve)) = (s.next().expect("peeked"), e.next().expect("peeked"));
+                if vs != ve {
+                    out.push((k.clone(), Some(vs.clone()), Some(ve.clone())));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The stored rollups of one period from bucket `$2` to `$3`.
@@ -965,18 +989,20 @@ const STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, bucket, dimension, valu
      FROM usage_rollup_member WHERE period = 'day' AND dimension IN ('c', 'a', 'm', 'p') \
      AND bucket >= $1 AND bucket <= $2";
 
-/// SQLite's tables of rollups are clustered on their primary key (account, period, bucket, …):
-/// a row found through the `(period, bucket)` index costs another search of the table by
-/// its text key, 14 times the cost of reading the rows in key order. So SQLite reads each
-/// account's range of the primary key. Every rollup's account is in `account`: rollups are
-/// made of events, and an account with events cannot be deleted (`usage_event` references it).
-fn by_account_range(sql: &str) -> String {
-    sql.replacen(
-        "WHERE period",
-        "WHERE account_id IN (SELECT account_id FROM account) AND period",
-        1,
-    )
-}
+/// [`STORED_ROLLUPS_SQL`] and [`STORED_DAY_MEMBERS_SQL`] for SQLite's bulk read path. SQLite's
+/// rollup tables are clustered on their primary key (account, period, bucket, …): a row found
+/// through the `(period, …)` index costs another search of the table by its text key, 15 times
+/// the cost of reading the rows in key order. So these read each account's range of the
+/// primary key. Every rollup's account is in `account`: rollups are made of events, and an
+/// account with events cannot be deleted (`usage_event` references it).
+const SQLITE_STORED_ROLLUPS_SQL: &str = "SELECT account_id, period, bucket, input_tokens, \
+     output_tokens, total_tokens, cost_picos, messages, conversations, agents, models, \
+     last_activity_at FROM usage_rollup WHERE account_id IN (SELECT account_id FROM account) \
+     AND period = $1 AND bucket >= $2 AND bucket <= $3";
+const SQLITE_STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, bucket, dimension, value, \
+     input_tokens, output_tokens, total_tokens, cost_picos, messages, last_activity_at \
+     FROM usage_rollup_member WHERE account_id IN (SELECT account_id FROM account) \
+     AND period = 'day' AND bucket >= $1 AND bucket <= $2";
 
 /// The stored distinct values of one period from bucket `$2` to `$3`.
 const STORED_DISTINCT_SQL: &str = "SELECT account_id, bucket, dimension, value \
@@ -987,9 +1013,10 @@ fn bucket_and_dimension(
     table: &str,
 ) -> Result<(NaiveDate, Dimension), sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("{table} has a bad {what}").into());
-    let bucket = NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d")
-        .map_err(|_| bad("bucket"))?;
-    let dimension = Dimension::from_code(&row.text("dimension")?).ok_or_else(|| bad("dimension"))?;
+    let bucket =
+        NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d").map_err(|_| bad("bucket"))?;
+    let dimension =
+        Dimension::from_code(&row.text("dimension")?).ok_or_else(|| bad("dimension"))?;
     Ok((bucket, dimension))
 }
 
@@ -1055,7 +1082,11 @@ async fn read_compared(
         distinct: BTreeSet::new(),
     };
     for (period, first, last) in bucket_ranges(from, to) {
-        let bounds = [period.as_str().to_owned(), first.to_string(), last.to_string()];
+        let bounds = [
+            period.as_str().to_owned(),
+            first.to_string(),
+            last.to_string(),
+        ];
         let bind = |sql: &'static str| {
             sqlx::query(sql)
                 .bind(bounds[0].clone())
@@ -1097,40 +1128,43 @@ fn read_compared_sqlite(
         fold.add(&facts_from_row(row)?);
         Ok(())
     })?;
-    let mut compared = Compared {
-        expected: fold.finish(),
-        rollups: BTreeMap::new(),
-        day_members: BTreeMap::new(),
-        distinct: BTreeSet::new(),
-    };
+    // Collected first, then made maps at once (sorted, built in one pass).
+    let (mut rollups, mut day_members, mut distinct) = (Vec::new(), Vec::new(), Vec::new());
     for (period, first, last) in bucket_ranges(from, to) {
-        let bounds = [period.as_str().to_owned(), first.to_string(), last.to_string()];
+        let bounds = [
+            period.as_str().to_owned(),
+            first.to_string(),
+            last.to_string(),
+        ];
         let params: [&dyn rusqlite::ToSql; 3] = [&bounds[0], &bounds[1], &bounds[2]];
-        for_each_row(conn, &by_account_range(STORED_ROLLUPS_SQL), &params, |row| {
-            let (key, rollup) = rollup_from_row(row)?;
-            compared.rollups.insert(key, rollup);
+        for_each_row(conn, SQLITE_STORED_ROLLUPS_SQL, &params, |row| {
+            rollups.push(rollup_from_row(row)?);
             Ok(())
         })?;
         for_each_row(conn, STORED_DISTINCT_SQL, &params, |row| {
-            compared.distinct.insert(distinct_from_row(row, period)?);
+            distinct.push(distinct_from_row(row, period)?);
             Ok(())
         })?;
     }
     let (first_day, last_day) = (from.to_string(), to.to_string());
-    let day_members_sql = by_account_range(STORED_DAY_MEMBERS_SQL);
-    for_each_row(conn, &day_members_sql, &[&first_day, &last_day], |row| {
-        let (key, sums) = day_member_from_row(row)?;
-        compared.day_members.insert(key, sums);
+    let members_sql = SQLITE_STORED_DAY_MEMBERS_SQL;
+    for_each_row(conn, members_sql, &[&first_day, &last_day], |row| {
+        day_members.push(day_member_from_row(row)?);
         Ok(())
     })?;
-    Ok(compared)
+    Ok(Compared {
+        expected: fold.finish(),
+        rollups: rollups.into_iter().collect(),
+        day_members: day_members.into_iter().collect(),
+        distinct: distinct.into_iter().collect(),
+    })
 }
 
 fn rollup_from_row(row: &impl Columns) -> Result<(RollupKey, Rollup), sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("usage_rollup has a bad {what}").into());
     let period = Period::parse(&row.text("period")?).map_err(|_| bad("period"))?;
-    let bucket = NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d")
-        .map_err(|_| bad("bucket"))?;
+    let bucket =
+        NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d").map_err(|_| bad("bucket"))?;
     let n = |c: &str| row.int(c).map(|v| v.max(0) as u64);
     Ok((
         (row.text("account_id")?, period, bucket),
@@ -1610,7 +1644,9 @@ pub(super) fn export_events(
                 for_each_row(&conn, &sql, &params, |row| {
                     chunk.push(event_row(row)?);
                     if chunk.len() == EXPORT_CHUNK
-                        && sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                        && sender
+                            .blocking_send(Ok(std::mem::take(&mut chunk)))
+                            .is_err()
                     {
                         gone = true; // the client went away: stop reading
                         return Err(sqlx::Error::RowNotFound);

@@ -37,18 +37,36 @@ impl Columns for AnyRow {
     }
 }
 
-impl Columns for rusqlite::Row<'_> {
+/// A rusqlite row with its statement's column names (rusqlite would look each name up through
+/// SQLite for every value: a seventh of a backfill's time).
+pub(super) struct NamedRow<'a> {
+    row: &'a rusqlite::Row<'a>,
+    names: &'a [String],
+}
+
+impl NamedRow<'_> {
+    fn get<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, sqlx::Error> {
+        let index = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| sqlx::Error::ColumnNotFound(name.to_owned()))?;
+        self.row.get(index).map_err(decode_error)
+    }
+}
+
+impl Columns for NamedRow<'_> {
     fn int(&self, name: &str) -> Result<i64, sqlx::Error> {
-        self.get(name).map_err(decode_error)
+        self.get(name)
     }
     fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.get(name).map_err(decode_error)
+        self.get(name)
     }
     fn text(&self, name: &str) -> Result<String, sqlx::Error> {
-        self.get(name).map_err(decode_error)
+        self.get(name)
     }
     fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
-        self.get(name).map_err(decode_error)
+        self.get(name)
     }
 }
 
@@ -112,12 +130,17 @@ pub(super) fn for_each_row(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-    mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<(), sqlx::Error>,
+    mut each: impl FnMut(&NamedRow<'_>) -> Result<(), sqlx::Error>,
 ) -> Result<(), sqlx::Error> {
     let mut statement = conn.prepare(sql).map_err(read_error)?;
+    let names: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let mut rows = statement.query(params).map_err(read_error)?;
     while let Some(row) = rows.next().map_err(read_error)? {
-        each(row)?;
+        each(&NamedRow { row, names: &names })?;
     }
     Ok(())
 }
