@@ -206,6 +206,44 @@ pub struct TakenOver {
     pub verified_through_before: Option<Option<NaiveDate>>,
 }
 
+/// The pending events a take-over reads: those of the range are counted (the rebuild reads
+/// them), the others folded.
+struct TakeOverFold {
+    from: NaiveDate,
+    to: NaiveDate,
+    builder: DeltaBuilder,
+    outcome: TakenOver,
+    next: Option<Cursor>,
+}
+
+impl TakeOverFold {
+    fn new(from: NaiveDate, to: NaiveDate) -> Self {
+        Self {
+            from,
+            to,
+            builder: DeltaBuilder::default(),
+            outcome: TakenOver::default(),
+            next: None,
+        }
+    }
+
+    /// An event read in the aggregator's order; on SQLite the cursor is its id.
+    fn add(&mut self, facts: EventFacts, event_id: i64) {
+        self.add_at(facts, Cursor { tx: 0, event_id });
+    }
+
+    fn add_at(&mut self, facts: EventFacts, cursor: Cursor) {
+        let day = facts.at.date_naive();
+        if day >= self.from && day <= self.to {
+            self.outcome.taken += 1;
+        } else {
+            self.outcome.folded += 1;
+            self.builder.add(&facts);
+        }
+        self.next = Some(cursor);
+    }
+}
+
 /// Before a backfill of `from..=to`: moves the cursor past every readable pending event in one
 /// transaction, folding those of other days into the rollups and leaving those of the range's
 /// days to the rebuild that follows (it reads every event up to the cursor). Reading a large
@@ -228,26 +266,38 @@ pub(super) async fn take_over_pending(
             .await
             .map_err(ledger_error)?;
         let sql = pending_events_sql(db.dialect, cursor);
-        let mut builder = DeltaBuilder::default();
-        let mut outcome = TakenOver::default();
-        let mut next = None;
-        {
-            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await.map_err(ledger_error)? {
-                let facts = facts_from_row(&row).map_err(ledger_error)?;
-                let day = facts.at.date_naive();
-                if day >= from && day <= to {
-                    outcome.taken += 1;
-                } else {
-                    outcome.folded += 1;
-                    builder.add(&facts);
+        let mut fold = TakeOverFold::new(from, to);
+        match &db.sqlite_file {
+            // Nothing can commit while this transaction holds the write lock, so the bulk read
+            // path reads what `tx` would.
+            Some(file) => {
+                fold = file
+                    .read(move |conn| {
+                        for_each_row(conn, &sql, &[], |row| {
+                            fold.add(facts_from_row(row)?, row.int("usage_event_id")?);
+                            Ok(())
+                        })?;
+                        Ok(fold)
+                    })
+                    .await?
+            }
+            None => {
+                let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
+                while let Some(row) = rows.try_next().await.map_err(ledger_error)? {
+                    let cursor = Cursor {
+                        tx: row.try_get("tx").map_err(ledger_error)?,
+                        event_id: row.try_get("usage_event_id").map_err(ledger_error)?,
+                    };
+                    fold.add_at(facts_from_row(&row).map_err(ledger_error)?, cursor);
                 }
-                next = Some(Cursor {
-                    tx: row.try_get("tx").map_err(ledger_error)?,
-                    event_id: row.try_get("usage_event_id").map_err(ledger_error)?,
-                });
             }
         }
+        let TakeOverFold {
+            builder,
+            mut outcome,
+            next,
+            ..
+        } = fold;
         let Some(next) = next else {
             tx.rollback().await.map_err(ledger_error)?;
             return Ok(outcome);
