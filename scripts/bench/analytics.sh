@@ -3,7 +3,8 @@
 # then: a full backfill of the year (it takes over the aggregator's backlog and builds every
 # rollup from the ledger) with its verification, the same backfill again (nothing to write),
 # a user's 30-day daily stats through the API under load (wrk), a CSV export of every event of
-# 37 days, and the aggregator's lag while reports are recorded.
+# 37 days, the TokenUsageModal's time to show data in Chromium (when the release site is built),
+# and the aggregator's lag while reports are recorded.
 #
 #   scripts/bench/analytics.sh [sqlite|postgres]      # EVENTS=10000000 USERS=1000 by default
 set -euo pipefail
@@ -33,9 +34,9 @@ run() {
 
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local base="http://127.0.0.1:$port"
-  RUST_LOG=warn "$bin" create-admin --database-url "$url" --user-id bench-admin >/dev/null
+  local password; password=$(RUST_LOG=warn "$bin" create-admin --database-url "$url" --user-id bench-admin | sed -n 's/^password: //p')
   local key; key=$(RUST_LOG=warn "$bin" create-api-key --database-url "$url" --user-id bench-admin --name bench 2>/dev/null)
-  RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port "$bin" serve &
+  RUST_LOG=warn DATABASE_URL=$url LEPTOS_SITE_ADDR=127.0.0.1:$port LEPTOS_SITE_ROOT=target/site "$bin" serve &
   local pid=$!
   trap "kill $pid 2>/dev/null || true" RETURN EXIT
   for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
@@ -48,6 +49,12 @@ run() {
     -H "Authorization: Bearer $key" "$base/api/usage/events.csv?userId=*&from=$efrom&to=$to"
   echo "rows (without the header): $(($(wc -l < /tmp/tokenmeter-events.csv) - 1))"
   rm -f /tmp/tokenmeter-events.csv
+  if [ -d target/site/pkg ] && [ -d end2end/node_modules/@playwright ]; then
+    echo "== TokenUsageModal in Chromium: from the click on \"View usage\" to cards and chart drawn"
+    node scripts/bench/modal.mjs "$base" bench-admin "$password" "$USERS" 10 | tail -1
+  else
+    echo "== TokenUsageModal: skipped (needs the release site and end2end's packages: make test builds both)"
+  fi
   echo "== aggregator lag while ingesting: POST usage reports (32 connections, $DURATION) while"
   echo "   GET /api/usage/aggregator is polled every 0.5 s (lag = age of the oldest unaggregated event)"
   ( while sleep 0.5; do
