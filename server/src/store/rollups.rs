@@ -713,12 +713,22 @@ pub(super) async fn rebuild(
     let db = db.clone();
     detached(async move {
         let _turn = db.write_turn().await;
+        if let Some(file) = &db.sqlite_file {
+            let (found, rows_changed) = file
+                .write(move |conn| repair_sqlite(conn, from, to))
+                .await?;
+            return Ok(Rebuilt {
+                events: found.events,
+                rollups: found.rollups,
+                rows_changed,
+            });
+        }
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let found = compare(&db, &mut tx, cursor, from, to).await?;
+        let found = compare(&mut tx, db.dialect, cursor, from, to).await?;
         let rows_changed = write_differences(&mut tx, db.dialect, &found)
             .await
             .map_err(ledger_error)?;
@@ -766,31 +776,14 @@ fn replace_rows_sql(
     )
 }
 
-/// Deletes rows by their whole key (each row: its key columns' values, as text, in `keys`
-/// order); answers how many were asked for. Rare (only rows the ledger does not back), so one
-/// statement per row.
-async fn delete_rows(
-    tx: &mut Transaction<'_, Any>,
-    table: &str,
-    keys: &[&str],
-    rows: impl Iterator<Item = Vec<String>>,
-) -> Result<u64, sqlx::Error> {
+/// `DELETE` of one row by its whole key.
+fn delete_row_sql(table: &str, keys: &[&str]) -> String {
     let conditions: Vec<String> = keys
         .iter()
         .enumerate()
         .map(|(n, c)| format!("{c} = ${}", n + 1))
         .collect();
-    let sql = format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "));
-    let mut deleted = 0;
-    for row in rows {
-        let mut query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for value in row {
-            query = query.bind(value);
-        }
-        query.execute(&mut **tx).await?;
-        deleted += 1;
-    }
-    Ok(deleted)
+    format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "))
 }
 
 const ROLLUP_KEYS: [&str; 3] = ["account_id", "period", "bucket"];
@@ -815,134 +808,191 @@ const MEMBER_VALUES: [&str; 6] = [
     "last_activity_at",
 ];
 
-/// Writes what a comparison found: every differing rollup, day member and distinct value becomes
-/// what the ledger says (written, or deleted when the ledger has none). Answers how many rows.
+/// A value written to a rollup table.
+#[derive(Debug, Clone)]
+enum SqlValue {
+    Text(String),
+    Int(Option<i64>),
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(s) => s.to_sql(),
+            Self::Int(i) => i.to_sql(),
+        }
+    }
+}
+
+/// What a comparison's differences write into one table: whole rows (keys, then values) that
+/// replace the stored ones, and the keys of rows to delete (the ledger does not back them).
+struct TableWrites {
+    table: &'static str,
+    keys: &'static [&'static str],
+    values: &'static [&'static str],
+    replace: Vec<Vec<SqlValue>>,
+    delete: Vec<Vec<SqlValue>>,
+}
+
+/// Every differing rollup, day member and distinct value becomes what the ledger says.
+fn writes_of(found: &Verification) -> [TableWrites; 3] {
+    let text = |s: &str| SqlValue::Text(s.to_owned());
+    let int = |n: u64| SqlValue::Int(Some(n as i64));
+    let at = |t: Option<DateTime<Utc>>| SqlValue::Int(t.map(micros));
+    let mut rollups = TableWrites {
+        table: "usage_rollup",
+        keys: &ROLLUP_KEYS,
+        values: &ROLLUP_VALUES,
+        replace: Vec::new(),
+        delete: Vec::new(),
+    };
+    for d in &found.differences {
+        let mut row = vec![
+            text(&d.user_id),
+            text(d.period.as_str()),
+            text(&d.bucket.to_string()),
+        ];
+        match &d.expected {
+            Some(r) => {
+                row.extend(
+                    [
+                        r.input_tokens,
+                        r.output_tokens,
+                        r.total_tokens,
+                        r.cost_picos,
+                        r.messages,
+                        r.conversations,
+                        r.agents,
+                        r.models,
+                    ]
+                    .map(int),
+                );
+                row.push(at(r.last_activity));
+                rollups.replace.push(row);
+            }
+            None => rollups.delete.push(row),
+        }
+    }
+    let mut members = TableWrites {
+        table: "usage_rollup_member",
+        keys: &MEMBER_KEYS,
+        values: &MEMBER_VALUES,
+        replace: Vec::new(),
+        delete: Vec::new(),
+    };
+    for d in &found.member_differences {
+        let mut row = vec![
+            text(&d.user_id),
+            text(Period::Day.as_str()),
+            text(&d.day.to_string()),
+            text(d.dimension.code()),
+            text(&d.value),
+        ];
+        match &d.expected {
+            Some(s) => {
+                row.extend(sum_values(s).map(|v| SqlValue::Int(Some(v))));
+                row.push(at(s.last_activity));
+                members.replace.push(row);
+            }
+            None => members.delete.push(row),
+        }
+    }
+    let mut distinct = TableWrites {
+        table: "usage_rollup_distinct",
+        keys: &MEMBER_KEYS,
+        values: &[],
+        replace: Vec::new(),
+        delete: Vec::new(),
+    };
+    for ((user, period, bucket, dimension, value), stored) in &found.distinct_differences {
+        let row = vec![
+            text(user),
+            text(period.as_str()),
+            text(&bucket.to_string()),
+            text(dimension.code()),
+            text(value),
+        ];
+        if *stored {
+            distinct.delete.push(row);
+        } else {
+            distinct.replace.push(row);
+        }
+    }
+    [rollups, members, distinct]
+}
+
+/// Writes what a comparison found (see [`writes_of`]); answers how many rows were written or
+/// deleted.
 async fn write_differences(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
     found: &Verification,
 ) -> Result<u64, sqlx::Error> {
     let mut changed = 0u64;
-
-    let (rollups, gone): (Vec<_>, Vec<_>) =
-        found.differences.iter().partition(|d| d.expected.is_some());
-    for chunk in rollups.chunks(UPSERT_CHUNK) {
-        let sql = replace_rows_sql(
-            dialect,
-            "usage_rollup",
-            &ROLLUP_KEYS,
-            &ROLLUP_VALUES,
-            chunk.len(),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for d in chunk {
-            let Some(r) = &d.expected else { continue };
-            query = query
-                .bind(d.user_id.as_str())
-                .bind(d.period.as_str())
-                .bind(d.bucket.to_string());
-            for v in [
-                r.input_tokens,
-                r.output_tokens,
-                r.total_tokens,
-                r.cost_picos,
-                r.messages,
-                r.conversations,
-                r.agents,
-                r.models,
-            ] {
-                query = query.bind(v as i64);
+    for writes in writes_of(found) {
+        for chunk in writes.replace.chunks(UPSERT_CHUNK) {
+            let sql = replace_rows_sql(
+                dialect,
+                writes.table,
+                writes.keys,
+                writes.values,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in chunk.iter().flatten() {
+                query = match value {
+                    SqlValue::Text(s) => query.bind(s.as_str()),
+                    SqlValue::Int(i) => query.bind(*i),
+                };
             }
-            query = query.bind(r.last_activity.map(micros));
+            query.execute(&mut **tx).await?;
+            changed += chunk.len() as u64;
         }
-        query.execute(&mut **tx).await?;
-        changed += chunk.len() as u64;
-    }
-    let keys = gone.iter().map(|d| {
-        vec![
-            d.user_id.clone(),
-            d.period.as_str().to_owned(),
-            d.bucket.to_string(),
-        ]
-    });
-    changed += delete_rows(tx, "usage_rollup", &ROLLUP_KEYS, keys).await?;
-
-    let (members, gone): (Vec<_>, Vec<_>) = found
-        .member_differences
-        .iter()
-        .partition(|d| d.expected.is_some());
-    for chunk in members.chunks(UPSERT_CHUNK) {
-        let sql = replace_rows_sql(
-            dialect,
-            "usage_rollup_member",
-            &MEMBER_KEYS,
-            &MEMBER_VALUES,
-            chunk.len(),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for d in chunk {
-            let Some(s) = &d.expected else { continue };
-            query = query
-                .bind(d.user_id.as_str())
-                .bind(Period::Day.as_str())
-                .bind(d.day.to_string())
-                .bind(d.dimension.code())
-                .bind(d.value.as_str());
-            for v in sum_values(s) {
-                query = query.bind(v);
+        // Rare (only rows the ledger does not back): one statement per row.
+        let delete = delete_row_sql(writes.table, writes.keys);
+        for key in &writes.delete {
+            let mut query = sqlx::query(AssertSqlSafe(delete.as_str()));
+            for value in key {
+                query = match value {
+                    SqlValue::Text(s) => query.bind(s.as_str()),
+                    SqlValue::Int(i) => query.bind(*i),
+                };
             }
-            query = query.bind(s.last_activity.map(micros));
+            query.execute(&mut **tx).await?;
+            changed += 1;
         }
-        query.execute(&mut **tx).await?;
-        changed += chunk.len() as u64;
     }
-    let keys = gone.iter().map(|d| {
-        vec![
-            d.user_id.clone(),
-            Period::Day.as_str().to_owned(),
-            d.day.to_string(),
-            d.dimension.code().to_owned(),
-            d.value.clone(),
-        ]
-    });
-    changed += delete_rows(tx, "usage_rollup_member", &MEMBER_KEYS, keys).await?;
+    Ok(changed)
+}
 
-    let (stray, missing): (Vec<_>, Vec<_>) = found
-        .distinct_differences
-        .iter()
-        .partition(|(_, stored)| *stored);
-    for chunk in missing.chunks(UPSERT_CHUNK) {
-        let sql = replace_rows_sql(
-            dialect,
-            "usage_rollup_distinct",
-            &MEMBER_KEYS,
-            &[],
-            chunk.len(),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for ((user, period, bucket, dimension, value), _) in chunk {
-            query = query
-                .bind(user.as_str())
-                .bind(period.as_str())
-                .bind(bucket.to_string())
-                .bind(dimension.code())
-                .bind(value.as_str());
+/// [`write_differences`] on SQLite's bulk path: one prepared statement per table and kind,
+/// run once per row, in the caller's transaction on `conn`.
+fn write_differences_sqlite(
+    conn: &rusqlite::Connection,
+    found: &Verification,
+) -> Result<u64, sqlx::Error> {
+    let mut changed = 0u64;
+    for writes in writes_of(found) {
+        let statements = [
+            (
+                replace_rows_sql(Dialect::Sqlite, writes.table, writes.keys, writes.values, 1),
+                &writes.replace,
+            ),
+            (delete_row_sql(writes.table, writes.keys), &writes.delete),
+        ];
+        for (sql, rows) in statements {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut statement = conn.prepare(&sql).map_err(read_error)?;
+            for row in rows {
+                statement
+                    .execute(rusqlite::params_from_iter(row))
+                    .map_err(read_error)?;
+                changed += 1;
+            }
         }
-        query.execute(&mut **tx).await?;
-        changed += chunk.len() as u64;
     }
-    let keys = stray
-        .iter()
-        .map(|((user, period, bucket, dimension, value), _)| {
-            vec![
-                user.clone(),
-                period.as_str().to_owned(),
-                bucket.to_string(),
-                dimension.code().to_owned(),
-                value.clone(),
-            ]
-        });
-    changed += delete_rows(tx, "usage_rollup_distinct", &MEMBER_KEYS, keys).await?;
     Ok(changed)
 }
 
@@ -1104,8 +1154,7 @@ struct Compared {
     distinct: BTreeSet<MemberKey>,
 }
 
-/// Reads what [`compare`] compares, in the caller's transaction (sqlx: Postgres, or SQLite
-/// without its file at hand).
+/// Reads what [`compare`] compares, in the caller's transaction (sqlx: Postgres).
 async fn read_compared(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
@@ -1163,8 +1212,8 @@ async fn read_compared(
     Ok(compared)
 }
 
-/// [`read_compared`] on SQLite's bulk read path. Consistent when the caller holds the write
-/// lock (nothing can commit meanwhile) or reads in one transaction of `conn`.
+/// [`read_compared`] on SQLite's bulk read path, in one transaction of `conn` (a snapshot, or
+/// the write lock).
 fn read_compared_sqlite(
     conn: &rusqlite::Connection,
     cursor: Cursor,
@@ -1251,12 +1300,19 @@ pub(super) async fn verify(
             return Ok(found);
         }
         let _turn = db.write_turn().await;
+        if let Some(file) = &db.sqlite_file {
+            let (mut found, changed) = file
+                .write(move |conn| repair_sqlite(conn, from, to))
+                .await?;
+            found.repaired = changed > 0;
+            return Ok(found);
+        }
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let mut found = compare(&db, &mut tx, cursor, from, to).await?;
+        let mut found = compare(&mut tx, db.dialect, cursor, from, to).await?;
         if !found.matches() {
             write_differences(&mut tx, db.dialect, &found)
                 .await
@@ -1270,26 +1326,41 @@ pub(super) async fn verify(
 }
 
 /// Compares the stored rollups, day members and distinct values of every bucket the day range
-/// touches with what the ledger's processed events (up to `cursor`) give. The caller holds
-/// the write lock in `tx`; on SQLite the rows are read on the bulk read path (nothing can
-/// commit meanwhile, so it reads what `tx` would).
+/// touches with what the ledger's processed events (up to `cursor`) give, in the caller's
+/// transaction (Postgres; SQLite uses [`repair_sqlite`]).
 async fn compare(
-    db: &Db,
     tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
     cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Verification, LedgerError> {
-    let compared = match &db.sqlite_file {
-        Some(file) => {
-            file.read(move |conn| read_compared_sqlite(conn, cursor, from, to))
-                .await?
-        }
-        None => read_compared(tx, db.dialect, cursor, from, to)
-            .await
-            .map_err(ledger_error)?,
-    };
+    let compared = read_compared(tx, dialect, cursor, from, to)
+        .await
+        .map_err(ledger_error)?;
     Ok(verification_of(compared))
+}
+
+/// On SQLite's bulk path, in one write transaction of `conn`: compares the day range with the
+/// ledger and writes whatever differs. Answers the comparison and how many rows were written
+/// or deleted (0 when the range was already right).
+fn repair_sqlite(
+    conn: &mut rusqlite::Connection,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(Verification, u64), sqlx::Error> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(read_error)?;
+    let cursor = read_cursor_sqlite(&tx)?;
+    let found = verification_of(read_compared_sqlite(&tx, cursor, from, to)?);
+    let changed = if found.matches() {
+        0
+    } else {
+        write_differences_sqlite(&tx, &found)?
+    };
+    tx.commit().map_err(read_error)?;
+    Ok((found, changed))
 }
 
 /// [`compare`] in a read-only snapshot, without the write lock: writers go on meanwhile.

@@ -1,8 +1,10 @@
-//! SQLite's bulk read path: backfills, verifications and CSV exports read millions of rows.
+//! SQLite's bulk path: backfills, verifications and CSV exports read millions of rows, and a
+//! backfill writes millions.
 //! Through sqlx each row crosses from SQLite's worker thread to the async task over a channel
 //! and is converted twice (to an `AnyRow`, then to Rust values); that capped reads at
 //! 80–215k rows/s. Here a blocking thread reads with rusqlite (the same SQLite library) and
-//! folds or formats the rows where it reads them.
+//! folds or formats the rows where it reads them; a rebuild writes its rows there too, with one
+//! prepared statement per table.
 //!
 //! The SQL and the row decoding are shared with the sqlx path (Postgres, and every other read)
 //! through [`Columns`]: only how a statement is run differs.
@@ -107,6 +109,38 @@ impl SqliteFile {
         conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;")
             .map_err(read_error)?;
         Ok(conn)
+    }
+
+    /// A read-write connection, set up as sqlx's pool sets up its own (full synchronous
+    /// commits: a committed write survives power loss).
+    fn open_for_writing(&self) -> Result<Connection, sqlx::Error> {
+        let conn = Connection::open_with_flags(
+            &self.0,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(read_error)?;
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+        )
+        .map_err(read_error)?;
+        Ok(conn)
+    }
+
+    /// Runs `write` on a new read-write connection on a blocking thread. The caller holds the
+    /// process's write turn (`Db::write_turn`) until this answers.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let file = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = file.open_for_writing()?;
+            write(&mut conn)
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?
+        .map_err(super::ledger_error)
     }
 
     /// Runs `read` on a new read connection on a blocking thread.
