@@ -33,14 +33,14 @@ pub async fn nightly_rollup_check(ledger: Arc<SqlLedger>) {
     loop {
         let now = Utc::now();
         let today = now.date_naive();
-        if now.time() >= NIGHTLY_AT {
-            if let Some(yesterday) = today.pred_opt() {
-                match ledger.nightly_check(yesterday).await {
-                    Ok(Some((from, v))) => log_check(from, yesterday, &v),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%e, "nightly rollup check failed; retrying in 10 minutes")
-                    }
+        if now.time() >= NIGHTLY_AT
+            && let Some(yesterday) = today.pred_opt()
+        {
+            match ledger.nightly_check(yesterday).await {
+                Ok(Some((from, v))) => log_check(from, yesterday, &v),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%e, "nightly rollup check failed; retrying in 10 minutes")
                 }
             }
         }
