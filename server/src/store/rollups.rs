@@ -834,18 +834,28 @@ struct TableWrites {
     delete: Vec<Vec<SqlValue>>,
 }
 
+impl TableWrites {
+    fn new(
+        table: &'static str,
+        keys: &'static [&'static str],
+        values: &'static [&'static str],
+    ) -> Self {
+        Self {
+            table,
+            keys,
+            values,
+            replace: Vec::new(),
+            delete: Vec::new(),
+        }
+    }
+}
+
 /// Every differing rollup, day member and distinct value becomes what the ledger says.
 fn writes_of(found: &Verification) -> [TableWrites; 3] {
     let text = |s: &str| SqlValue::Text(s.to_owned());
     let int = |n: u64| SqlValue::Int(Some(n as i64));
     let at = |t: Option<DateTime<Utc>>| SqlValue::Int(t.map(micros));
-    let mut rollups = TableWrites {
-        table: "usage_rollup",
-        keys: &ROLLUP_KEYS,
-        values: &ROLLUP_VALUES,
-        replace: Vec::new(),
-        delete: Vec::new(),
-    };
+    let mut rollups = TableWrites::new("usage_rollup", &ROLLUP_KEYS, &ROLLUP_VALUES);
     for d in &found.differences {
         let mut row = vec![
             text(&d.user_id),
@@ -873,13 +883,7 @@ fn writes_of(found: &Verification) -> [TableWrites; 3] {
             None => rollups.delete.push(row),
         }
     }
-    let mut members = TableWrites {
-        table: "usage_rollup_member",
-        keys: &MEMBER_KEYS,
-        values: &MEMBER_VALUES,
-        replace: Vec::new(),
-        delete: Vec::new(),
-    };
+    let mut members = TableWrites::new("usage_rollup_member", &MEMBER_KEYS, &MEMBER_VALUES);
     for d in &found.member_differences {
         let mut row = vec![
             text(&d.user_id),
@@ -897,13 +901,7 @@ fn writes_of(found: &Verification) -> [TableWrites; 3] {
             None => members.delete.push(row),
         }
     }
-    let mut distinct = TableWrites {
-        table: "usage_rollup_distinct",
-        keys: &MEMBER_KEYS,
-        values: &[],
-        replace: Vec::new(),
-        delete: Vec::new(),
-    };
+    let mut distinct = TableWrites::new("usage_rollup_distinct", &MEMBER_KEYS, &[]);
     for ((user, period, bucket, dimension, value), stored) in &found.distinct_differences {
         let row = vec![
             text(user),

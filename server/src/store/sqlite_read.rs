@@ -101,30 +101,35 @@ impl SqliteFile {
 
     /// A read-only connection (WAL: it never blocks the writer, nor the writer it).
     pub(super) fn open(&self) -> Result<Connection, sqlx::Error> {
-        let conn = Connection::open_with_flags(
-            &self.0,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(read_error)?;
-        conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;")
+        self.connect(false)
+    }
+
+    /// A connection; a writable one is set up as sqlx's pool sets up its own (full synchronous
+    /// commits: a committed write survives power loss).
+    fn connect(&self, writable: bool) -> Result<Connection, sqlx::Error> {
+        let (mode, pragmas) = if writable {
+            (
+                OpenFlags::SQLITE_OPEN_READ_WRITE,
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            )
+        } else {
+            (OpenFlags::SQLITE_OPEN_READ_ONLY, "")
+        };
+        let conn = Connection::open_with_flags(&self.0, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(read_error)?;
+        conn.execute_batch(&format!(
+            "{pragmas} PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;"
+        ))
+        .map_err(read_error)?;
         Ok(conn)
     }
 
-    /// A read-write connection, set up as sqlx's pool sets up its own (full synchronous
-    /// commits: a committed write survives power loss).
-    fn open_for_writing(&self) -> Result<Connection, sqlx::Error> {
-        let conn = Connection::open_with_flags(
-            &self.0,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(read_error)?;
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
-        )
-        .map_err(read_error)?;
-        Ok(conn)
+    /// Runs `read` on a new read-only connection on a blocking thread.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        self.on_blocking_thread(false, read).await
     }
 
     /// Runs `write` on a new read-write connection on a blocking thread. The caller holds the
@@ -133,29 +138,19 @@ impl SqliteFile {
         &self,
         write: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let file = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = file.open_for_writing()?;
-            write(&mut conn)
-        })
-        .await
-        .map_err(|e| LedgerError::Internal(format!("write task failed: {e}")))?
-        .map_err(super::ledger_error)
+        self.on_blocking_thread(true, write).await
     }
 
-    /// Runs `read` on a new read connection on a blocking thread.
-    pub(super) async fn read<T: Send + 'static>(
+    async fn on_blocking_thread<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
+        writable: bool,
+        work: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let file = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = file.open()?;
-            read(&mut conn)
-        })
-        .await
-        .map_err(|e| LedgerError::Internal(format!("read task failed: {e}")))?
-        .map_err(super::ledger_error)
+        tokio::task::spawn_blocking(move || work(&mut file.connect(writable)?))
+            .await
+            .map_err(|e| LedgerError::Internal(format!("database task failed: {e}")))?
+            .map_err(super::ledger_error)
     }
 }
 
