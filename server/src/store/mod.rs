@@ -67,7 +67,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
-    /// SQLite's file, for the bulk read path (see [`sqlite_read`]); `None` on Postgres.
+    /// SQLite's file, for the bulk path of backfills, checks and exports (see [`sqlite_read`]);
+    /// `None` on Postgres.
     pub(crate) sqlite_file: Option<sqlite_read::SqliteFile>,
     /// SQLite has one writer at a time. The writers of this process take turns here, in the
     /// order they arrive, instead of in SQLite's busy handler, which polls with sleeps of up to
