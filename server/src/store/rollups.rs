@@ -1172,12 +1172,8 @@ async fn read_compared(
             fold.add(&facts_from_row(&row)?);
         }
     }
-    let mut compared = Compared {
-        expected: fold.finish(),
-        rollups: BTreeMap::new(),
-        day_members: BTreeMap::new(),
-        distinct: BTreeSet::new(),
-    };
+    // Collected first, then made maps at once, as on SQLite's bulk path.
+    let (mut rollups, mut distinct) = (Vec::new(), Vec::new());
     for (period, first, last) in bucket_ranges(from, to) {
         let bounds = [
             period.as_str().to_owned(),
@@ -1191,11 +1187,10 @@ async fn read_compared(
                 .bind(bounds[2].clone())
         };
         for row in bind(STORED_ROLLUPS_SQL).fetch_all(&mut **tx).await? {
-            let (key, rollup) = rollup_from_row(&row)?;
-            compared.rollups.insert(key, rollup);
+            rollups.push(rollup_from_row(&row)?);
         }
         for row in bind(STORED_DISTINCT_SQL).fetch_all(&mut **tx).await? {
-            compared.distinct.insert(distinct_from_row(&row, period)?);
+            distinct.push(distinct_from_row(&row, period)?);
         }
     }
     let rows = sqlx::query(STORED_DAY_MEMBERS_SQL)
@@ -1203,11 +1198,16 @@ async fn read_compared(
         .bind(to.to_string())
         .fetch_all(&mut **tx)
         .await?;
-    for row in &rows {
-        let (key, sums) = day_member_from_row(row)?;
-        compared.day_members.insert(key, sums);
-    }
-    Ok(compared)
+    let day_members = rows
+        .iter()
+        .map(day_member_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(Compared {
+        expected: fold.finish(),
+        rollups: rollups.into_iter().collect(),
+        day_members,
+        distinct: distinct.into_iter().collect(),
+    })
 }
 
 /// [`read_compared`] on SQLite's bulk read path, in one transaction of `conn` (a snapshot, or
