@@ -6,19 +6,28 @@ use std::time::Duration;
 
 use chrono::{NaiveTime, Utc};
 
-use crate::store::{SqlLedger, Verification};
+use crate::store::{AGGREGATE_BATCH, SqlLedger, Verification};
 
 /// How often the aggregator looks for new ledger events.
 pub const AGGREGATE_EVERY: Duration = Duration::from_millis(500);
 
-/// Keeps the rollups current: every half second, folds what the ledger gained.
+/// Keeps the rollups current: every half second, folds what the ledger gained in one step
+/// (more at once only while a step comes back full). Chasing the few events that arrive during
+/// a step with steps of their own cost a write transaction each for a handful of events.
 pub async fn aggregate_rollups(ledger: Arc<SqlLedger>) {
     let mut tick = tokio::time::interval(AGGREGATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = ledger.catch_up().await {
-            tracing::warn!(%e, "rollup aggregation failed; retrying");
+        loop {
+            match ledger.aggregate_once(AGGREGATE_BATCH).await {
+                Ok(n) if n as i64 >= AGGREGATE_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(%e, "rollup aggregation failed; retrying");
+                    break;
+                }
+            }
         }
     }
 }

@@ -6,24 +6,27 @@ use domain::{
     DisplayName, NewUser, PageInfo, Role, SortDirection, TokenLimit, UserId, UserQuery,
     UserSortKey, UserUsage, page_bounds,
 };
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::sqlite_read::Columns;
 use super::{Db, Dialect, from_micros, ledger_error, micros};
+
+/// The columns [`usage_from_row`] reads.
+pub(super) const ACCOUNT_COLUMNS: &str = "account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at";
 
 /// Maps an `account` row (account_id, display_name, token_limit, tokens_used,
 /// tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at) to the domain type.
-pub(super) fn usage_from_row(row: &AnyRow) -> Result<UserUsage, LedgerError> {
+pub(super) fn usage_from_row(row: &impl Columns) -> Result<UserUsage, LedgerError> {
     let corrupt = |what: &str| LedgerError::Internal(format!("account row has an invalid {what}"));
-    let id: String = row.try_get("account_id").map_err(ledger_error)?;
-    let name: String = row.try_get("display_name").map_err(ledger_error)?;
-    let limit: i64 = row.try_get("token_limit").map_err(ledger_error)?;
-    let role: String = row.try_get("role").map_err(ledger_error)?;
-    let used: i64 = row.try_get("tokens_used").map_err(ledger_error)?;
-    let reserved: i64 = row.try_get("tokens_reserved").map_err(ledger_error)?;
-    let lifetime: i64 = row.try_get("lifetime_tokens").map_err(ledger_error)?;
-    let cost: i64 = row.try_get("lifetime_cost_picos").map_err(ledger_error)?;
-    let updated: i64 = row.try_get("updated_at").map_err(ledger_error)?;
+    let id = row.text("account_id").map_err(ledger_error)?;
+    let name = row.text("display_name").map_err(ledger_error)?;
+    let limit = row.int("token_limit").map_err(ledger_error)?;
+    let role = row.text("role").map_err(ledger_error)?;
+    let used = row.int("tokens_used").map_err(ledger_error)?;
+    let reserved = row.int("tokens_reserved").map_err(ledger_error)?;
+    let lifetime = row.int("lifetime_tokens").map_err(ledger_error)?;
+    let cost = row.int("lifetime_cost_picos").map_err(ledger_error)?;
+    let updated = row.int("updated_at").map_err(ledger_error)?;
     Ok(UserUsage {
         user_id: UserId::parse(&id).map_err(|_| corrupt("id"))?,
         display_name: DisplayName::parse(&name).map_err(|_| corrupt("display name"))?,

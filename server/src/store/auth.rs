@@ -117,8 +117,10 @@ impl AuthStore for SqlLedger {
             .bind(user_id.as_str())
             .bind(role.as_str())
             .execute(&self.db.pool)
-            .await
-            .map_err(ledger_error)?;
+            .await;
+        // Whatever the answer, the role may have changed: no cached key keeps the old one.
+        self.keys.invalidate();
+        let done = done.map_err(ledger_error)?;
         if done.rows_affected() == 0 {
             return Err(LedgerError::UserNotFound);
         }
@@ -209,6 +211,10 @@ impl AuthStore for SqlLedger {
         secret_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(Principal, StoredKey)>, LedgerError> {
+        let lookup = match self.keys.get(secret_hash) {
+            Ok(found) => return Ok(Some(found)),
+            Err(lookup) => lookup,
+        };
         let row = sqlx::query(
             "SELECT k.api_key_id, k.account_id, k.name, k.prefix, k.scopes, k.created_at, \
                     k.last_used_at, k.revoked_at, a.display_name, a.role \
@@ -222,6 +228,7 @@ impl AuthStore for SqlLedger {
         let Some(row) = row else { return Ok(None) };
         let key = key_from_row(&row)?;
         let principal = principal_from_row(&row)?;
+        self.keys.store(lookup, secret_hash, &principal, &key);
         let now = micros(now);
         let stale = key
             .last_used_at
@@ -275,8 +282,10 @@ impl AuthStore for SqlLedger {
         .bind(key_id)
         .bind(micros(now))
         .fetch_optional(&self.db.pool)
-        .await
-        .map_err(ledger_error)?;
+        .await;
+        // Whatever the answer, the key may be revoked now: it must not stay usable from here.
+        self.keys.invalidate();
+        let row = row.map_err(ledger_error)?;
         row.as_ref().map(key_from_row).transpose()
     }
 

@@ -6,10 +6,12 @@
 
 mod accounts;
 mod auth;
+mod key_cache;
 mod reservations;
 mod rollups;
 mod sqlite_read;
 mod usage;
+mod usage_sqlite;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +26,9 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use rollups::{Cursor, MemberDifference, Rebuilt, RollupDifference, TakenOver, Verification};
+pub use rollups::{
+    AGGREGATE_BATCH, Cursor, MemberDifference, Rebuilt, RollupDifference, TakenOver, Verification,
+};
 pub use usage::{LedgerAudit, WriterConfig};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -259,6 +263,8 @@ pub struct SqlLedger {
     writer: usage::WriterHandle,
     /// When this process last wrote each API key's `last_used_at` (key id → µs).
     key_touches: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+    /// API keys looked up in the last second.
+    keys: key_cache::KeyCache,
 }
 
 impl SqlLedger {
@@ -268,6 +274,7 @@ impl SqlLedger {
             db,
             writer,
             key_touches: Default::default(),
+            keys: Default::default(),
         })
     }
 

@@ -21,10 +21,8 @@ use app::ports::{LedgerError, Recorded, Reserved};
 use domain::{RecordUsage, UserId};
 use sqlx::Row;
 
-use super::accounts::{self, usage_from_row};
+use super::accounts::{self, ACCOUNT_COLUMNS, usage_from_row};
 use super::{Db, begin_write, detached, from_micros, ledger_error};
-
-const ACCOUNT_COLUMNS: &str = "account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at";
 
 pub(super) async fn reserve(
     db: &Db,

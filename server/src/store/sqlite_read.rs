@@ -106,7 +106,7 @@ impl SqliteFile {
 
     /// A connection; a writable one is set up as sqlx's pool sets up its own (full synchronous
     /// commits: a committed write survives power loss).
-    fn connect(&self, writable: bool) -> Result<Connection, sqlx::Error> {
+    pub(super) fn connect(&self, writable: bool) -> Result<Connection, sqlx::Error> {
         let (mode, pragmas) = if writable {
             (
                 OpenFlags::SQLITE_OPEN_READ_WRITE,
@@ -159,9 +159,18 @@ pub(super) fn for_each_row(
     conn: &Connection,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-    mut each: impl FnMut(&NamedRow<'_>) -> Result<(), sqlx::Error>,
+    each: impl FnMut(&NamedRow<'_>) -> Result<(), sqlx::Error>,
 ) -> Result<(), sqlx::Error> {
     let mut statement = conn.prepare(sql).map_err(read_error)?;
+    for_each_row_of(&mut statement, params, each)
+}
+
+/// Runs a prepared statement and hands each row to `each`.
+pub(super) fn for_each_row_of(
+    statement: &mut rusqlite::Statement<'_>,
+    params: &[&dyn rusqlite::ToSql],
+    mut each: impl FnMut(&NamedRow<'_>) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
     let names: Vec<String> = statement
         .column_names()
         .into_iter()

@@ -1,17 +1,24 @@
 //! The `usage_event` ledger and the single writer that appends to it.
 //!
-//! Every usage report goes through one writer task per process. The writer takes every report
+//! Every usage report goes through one writer per process. The writer takes every report
 //! waiting in its queue and commits them in **one** transaction: the events are inserted and the
 //! accounts' counters raised together, so at every moment a reader sees
 //! `sum(usage_event.tokens) == account.lifetime_tokens`. One durable commit (one fsync) then
 //! serves a whole batch, which is what makes tens of thousands of reports per second possible.
 //!
+//! What a batch does is written once ([`write_batch`]) over the statements it needs
+//! ([`BatchStatements`]), which each driver runs its own way: on Postgres through sqlx, with
+//! multi-row statements; on SQLite on a thread of its own with rusqlite and one prepared
+//! statement per row (see [`super::usage_sqlite`]), so a batch costs no hop between threads
+//! per statement.
+//!
 //! Several processes may share one Postgres: each has its own writer; row locks on `account`
 //! (taken in account-id order, so two batches never deadlock) serialise their updates, and the
 //! unique index on `(idempotency_key, account_id)` keeps a report from being recorded twice.
 //!
-//! The writer runs in its own task, so a caller that goes away mid-request (a closed connection)
-//! cannot leave a transaction half-done; its report is still committed or rolled back whole.
+//! The writer runs on its own (a task, or SQLite's thread), so a caller that goes away
+//! mid-request (a closed connection) cannot leave a transaction half-done; its report is still
+//! committed or rolled back whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -19,14 +26,13 @@ use std::time::Duration;
 use app::ports::{LedgerError, Recorded};
 use chrono::Utc;
 use domain::{RecordUsage, UserUsage};
-use sqlx::AnyConnection;
-use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::accounts::{self, usage_from_row};
-use super::{Db, Dialect, from_micros, ledger_error, many_parameters, micros};
+use super::accounts::{self, ACCOUNT_COLUMNS, usage_from_row};
+use super::sqlite_read::Columns;
+use super::{Db, Dialect, from_micros, ledger_error, many_parameters, micros, usage_sqlite};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
@@ -45,10 +51,13 @@ impl Default for WriterConfig {
     }
 }
 
-struct Job {
-    usage: RecordUsage,
-    reply: oneshot::Sender<Result<Recorded, LedgerError>>,
+pub(super) struct Job {
+    pub(super) usage: RecordUsage,
+    pub(super) reply: oneshot::Sender<Outcome>,
 }
+
+/// What became of one report.
+pub(super) type Outcome = Result<Recorded, LedgerError>;
 
 pub(super) struct WriterHandle {
     queue: mpsc::Sender<Job>,
@@ -57,11 +66,16 @@ pub(super) struct WriterHandle {
 impl WriterHandle {
     pub(super) fn spawn(db: Db, config: WriterConfig) -> Self {
         let (queue, jobs) = mpsc::channel(config.queue_capacity);
-        tokio::spawn(run_writer(db, jobs, config.max_batch));
+        match db.sqlite_file.clone() {
+            Some(file) => usage_sqlite::spawn_writer(db, file, jobs, config.max_batch),
+            None => {
+                tokio::spawn(run_writer(db, jobs, config.max_batch));
+            }
+        }
         Self { queue }
     }
 
-    pub(super) async fn record(&self, usage: RecordUsage) -> Result<Recorded, LedgerError> {
+    pub(super) async fn record(&self, usage: RecordUsage) -> Outcome {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { usage, reply })
@@ -73,14 +87,30 @@ impl WriterHandle {
     }
 }
 
+/// Splits a batch of jobs into the reports, the times they are recorded at (now) and where
+/// their answers go.
+pub(super) fn unpack(
+    batch: &mut Vec<Job>,
+) -> (Vec<RecordUsage>, Vec<i64>, Vec<oneshot::Sender<Outcome>>) {
+    let (usages, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|j| (j.usage, j.reply)).unzip();
+    let now = vec![micros(Utc::now()); usages.len()];
+    (usages, now, replies)
+}
+
+pub(super) fn answer(replies: Vec<oneshot::Sender<Outcome>>, outcomes: Vec<Outcome>) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // A caller that went away no longer needs its answer; the write stands.
+        let _ = reply.send(outcome);
+    }
+}
+
+/// The writer on Postgres: a task with a pooled connection of its own.
 async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     // The writer keeps its own connection between batches: no pool round trip per batch.
     let mut conn = None;
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
-        let (usages, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|j| (j.usage, j.reply)).unzip();
-        let now = vec![micros(Utc::now()); usages.len()];
+        let (usages, now, replies) = unpack(&mut batch);
         let started = std::time::Instant::now();
         let turn = db.write_turn().await;
         let outcomes = write_batch_with_retries(&db, &mut conn, &usages, &now).await;
@@ -90,15 +120,12 @@ async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
             elapsed_us = started.elapsed().as_micros() as u64,
             "usage batch"
         );
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // A caller that went away no longer needs its answer; the write stands.
-            let _ = reply.send(outcome);
-        }
+        answer(replies, outcomes);
     }
 }
 
 /// Why a batch transaction did not commit.
-enum BatchError {
+pub(super) enum BatchError {
     /// Lost a race (deadlock, serialization failure, a key another process inserted first, a
     /// busy SQLite file): roll back and run the whole batch again.
     Retry(String),
@@ -122,61 +149,118 @@ impl From<sqlx::Error> for BatchError {
 
 const MAX_ATTEMPTS: u32 = 8;
 
-/// Writes a batch, `at[i]` being the time of report `i` (microseconds since the epoch).
-/// `conn` is the writer's connection, taken from the pool when missing and dropped after an
-/// error (so a broken connection is never reused).
-pub(super) async fn write_batch_with_retries(
-    db: &Db,
-    conn: &mut Option<PoolConnection<Any>>,
-    usages: &[RecordUsage],
-    at: &[i64],
-) -> Vec<Result<Recorded, LedgerError>> {
-    let mut attempt = 1;
-    // First try on the assumption that no key was recorded before (retries are rare); if one
-    // was, the insert says so, and the batch runs again looking every key up first.
-    let mut look_up_keys = false;
-    loop {
-        let result = match conn {
-            Some(c) => write_batch(db.dialect, c, usages, at, look_up_keys).await,
-            None => match db.pool.acquire().await {
-                Ok(c) => write_batch(db.dialect, conn.insert(c), usages, at, look_up_keys).await,
-                Err(e) => Err(BatchError::from(e)),
-            },
-        };
-        if matches!(result, Err(BatchError::Fatal(_))) {
-            *conn = None;
+/// How a batch is tried again after it lost a race.
+pub(super) struct Retries {
+    attempt: u32,
+    look_up_keys: bool,
+}
+
+impl Retries {
+    pub(super) fn new() -> Self {
+        // First try on the assumption that no key was recorded before (retries are rare); if
+        // one was, the insert says so, and the batch runs again looking every key up first.
+        Self {
+            attempt: 1,
+            look_up_keys: false,
         }
-        match result {
-            Ok(outcomes) => return outcomes,
-            Err(BatchError::Retry(why)) if attempt < MAX_ATTEMPTS => {
-                tracing::debug!(attempt, %why, "retrying a usage batch");
+    }
+
+    /// Whether this attempt looks up every key before writing.
+    pub(super) fn look_up_keys(&self) -> bool {
+        self.look_up_keys
+    }
+
+    /// After a failed attempt: how long to wait before the next one, or every report's answer
+    /// when there is none.
+    pub(super) fn after(
+        &mut self,
+        error: BatchError,
+        reports: usize,
+    ) -> Result<Duration, Vec<Outcome>> {
+        match error {
+            BatchError::Retry(why) if self.attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt = self.attempt, %why, "retrying a usage batch");
                 // After the optimistic try, go again at once; after that, back off.
-                let optimistic_try_failed = !look_up_keys;
-                look_up_keys = true;
-                if optimistic_try_failed {
-                    attempt += 1;
-                    continue;
-                }
-                tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
-                attempt += 1;
+                let optimistic_try_failed = !self.look_up_keys;
+                self.look_up_keys = true;
+                let wait = if optimistic_try_failed {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(2u64 << self.attempt.min(6))
+                };
+                self.attempt += 1;
+                Ok(wait)
             }
-            Err(BatchError::Retry(why)) => {
+            BatchError::Retry(why) => {
                 tracing::warn!(%why, "usage batch kept conflicting");
-                return usages
-                    .iter()
+                Err((0..reports)
                     .map(|_| Err(LedgerError::Unavailable(why.clone())))
-                    .collect();
+                    .collect())
             }
-            Err(BatchError::Fatal(e)) => {
+            BatchError::Fatal(e) => {
                 tracing::error!(error = %e, "usage batch failed");
-                return usages.iter().map(|_| Err(e.clone())).collect();
+                Err((0..reports).map(|_| Err(e.clone())).collect())
             }
         }
     }
 }
 
+/// Writes a batch through sqlx, `at[i]` being the time of report `i` (microseconds since the
+/// epoch). `conn` is the writer's connection, taken from the pool when missing and dropped
+/// after an error (so a broken connection is never reused).
+pub(super) async fn write_batch_with_retries(
+    db: &Db,
+    conn: &mut Option<PoolConnection<Any>>,
+    usages: &[RecordUsage],
+    at: &[i64],
+) -> Vec<Outcome> {
+    let mut retries = Retries::new();
+    loop {
+        let result = match conn {
+            Some(c) => write_batch_sqlx(db.dialect, c, usages, at, retries.look_up_keys()).await,
+            None => match db.pool.acquire().await {
+                Ok(c) => {
+                    let c = conn.insert(c);
+                    write_batch_sqlx(db.dialect, c, usages, at, retries.look_up_keys()).await
+                }
+                Err(e) => Err(BatchError::from(e)),
+            },
+        };
+        match result {
+            Ok(outcomes) => return outcomes,
+            Err(e) => {
+                if matches!(e, BatchError::Fatal(_)) {
+                    *conn = None;
+                }
+                match retries.after(e, usages.len()) {
+                    Ok(wait) if wait.is_zero() => {}
+                    Ok(wait) => tokio::time::sleep(wait).await,
+                    Err(answers) => return answers,
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch_sqlx(
+    dialect: Dialect,
+    conn: &mut sqlx::AnyConnection,
+    usages: &[RecordUsage],
+    at: &[i64],
+    look_up_keys: bool,
+) -> Result<Vec<Outcome>, BatchError> {
+    let begin = match dialect {
+        // Take the write lock up front: a deferred transaction that reads first could fail to
+        // upgrade to a writer when another connection commits in between.
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    let tx = conn.begin_with(begin).await?;
+    write_batch(SqlxBatch { tx, dialect }, usages, at, look_up_keys).await
+}
+
 /// An event already in the ledger, as a retry needs it.
-struct StoredEvent {
+pub(super) struct StoredEvent {
     event_id: i64,
     tokens: i64,
     input_tokens: Option<i64>,
@@ -189,24 +273,34 @@ struct StoredEvent {
     created_at: i64,
 }
 
+/// The columns [`StoredEvent::from_row`] reads.
+pub(super) const STORED_EVENT_COLUMNS: &str = "usage_event_id, account_id, idempotency_key, tokens, \
+     input_tokens, output_tokens, model, conversation_id, agent_id, prompt_id, tokens_used_after, \
+     lifetime_tokens_after, token_limit_at, created_at";
+
 impl StoredEvent {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            event_id: row.try_get("usage_event_id")?,
-            tokens: row.try_get("tokens")?,
-            input_tokens: row.try_get("input_tokens")?,
-            output_tokens: row.try_get("output_tokens")?,
-            model: row.try_get("model")?,
-            context: [
-                row.try_get("conversation_id")?,
-                row.try_get("agent_id")?,
-                row.try_get("prompt_id")?,
-            ],
-            tokens_used_after: row.try_get("tokens_used_after")?,
-            lifetime_tokens_after: row.try_get("lifetime_tokens_after")?,
-            token_limit_at: row.try_get("token_limit_at")?,
-            created_at: row.try_get("created_at")?,
-        })
+    /// The event and its key.
+    pub(super) fn from_row(row: &impl Columns) -> Result<(EventKey, Self), sqlx::Error> {
+        let key = (row.text("account_id")?, row.text("idempotency_key")?);
+        Ok((
+            key,
+            Self {
+                event_id: row.int("usage_event_id")?,
+                tokens: row.int("tokens")?,
+                input_tokens: row.opt_int("input_tokens")?,
+                output_tokens: row.opt_int("output_tokens")?,
+                model: row.opt_text("model")?,
+                context: [
+                    row.opt_text("conversation_id")?,
+                    row.opt_text("agent_id")?,
+                    row.opt_text("prompt_id")?,
+                ],
+                tokens_used_after: row.int("tokens_used_after")?,
+                lifetime_tokens_after: row.int("lifetime_tokens_after")?,
+                token_limit_at: row.int("token_limit_at")?,
+                created_at: row.int("created_at")?,
+            },
+        ))
     }
 
     fn matches(&self, usage: &RecordUsage) -> bool {
@@ -224,7 +318,7 @@ impl StoredEvent {
     }
 
     /// The first result again: the user as they were right after this event.
-    fn replay(&self, current: &UserUsage) -> Result<Recorded, LedgerError> {
+    fn replay(&self, current: &UserUsage) -> Outcome {
         let bad = || LedgerError::Internal("usage_event row has invalid counters".into());
         let mut user = current.clone();
         user.tokens_used = u64::try_from(self.tokens_used_after).map_err(|_| bad())?;
@@ -241,7 +335,8 @@ impl StoredEvent {
     }
 }
 
-type EventKey = (String, String);
+/// (account id, idempotency key): what makes a report unique.
+pub(super) type EventKey = (String, String);
 
 fn event_key(usage: &RecordUsage) -> EventKey {
     (
@@ -260,42 +355,115 @@ enum Plan {
     New,
 }
 
+/// One account's share of a batch: its counters go up by these sums, unless one would
+/// overflow a 64-bit counter.
+pub(super) struct CounterRaise<'a> {
+    pub(super) account: &'a str,
+    pub(super) tokens: i64,
+    pub(super) cost_picos: i64,
+    /// The time of the account's latest report in the batch.
+    pub(super) updated_at: i64,
+}
+
+/// One event row to append: the report and the account's counters right after it.
+pub(super) struct NewEvent<'a> {
+    pub(super) usage: &'a RecordUsage,
+    pub(super) tokens_used_after: i64,
+    pub(super) lifetime_tokens_after: i64,
+    pub(super) token_limit_at: i64,
+    pub(super) created_at: i64,
+}
+
+/// The columns of a `usage_event` row as [`NewEvent::values`] gives them.
+pub(super) const NEW_EVENT_COLUMNS: &str = "account_id, tokens, input_tokens, output_tokens, model, \
+     source, idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
+     cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos, conversation_id, agent_id, \
+     prompt_id";
+
+/// A value to bind, whichever driver binds it.
+pub(super) enum EventValue<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+}
+
+impl<'a> NewEvent<'a> {
+    /// The values of [`NEW_EVENT_COLUMNS`], in order.
+    pub(super) fn values(&self) -> [EventValue<'a>; EVENT_PARAMS] {
+        use EventValue::*;
+        let u = self.usage;
+        let context = &u.context;
+        [
+            Text(u.user_id.as_str()),
+            Int(u.tokens.get() as i64),
+            OptInt(u.input_tokens.map(|v| v as i64)),
+            OptInt(u.output_tokens.map(|v| v as i64)),
+            OptText(u.model.as_ref().map(|m| m.as_str())),
+            Text(u.source.as_str()),
+            Text(u.idempotency_key.as_str()),
+            Int(self.tokens_used_after),
+            Int(self.lifetime_tokens_after),
+            Int(self.token_limit_at),
+            Int(self.created_at),
+            Int(u.cached_tokens as i64),
+            Int(u.cache_write_tokens as i64),
+            Int(u.reasoning_tokens as i64),
+            Int(u.cost_picos as i64),
+            OptText(context.conversation_id.as_ref().map(|c| c.as_str())),
+            OptText(context.agent_id.as_ref().map(|c| c.as_str())),
+            OptText(context.prompt_id.as_ref().map(|c| c.as_str())),
+        ]
+    }
+}
+
+/// The statements of a batch transaction. Dropping it without [`BatchStatements::commit`]
+/// rolls everything back.
+pub(super) trait BatchStatements {
+    /// The events already recorded under any of these idempotency keys.
+    async fn recorded_events(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<Vec<(EventKey, StoredEvent)>, BatchError>;
+
+    /// Raises the counters of these accounts (given in account-id order) and answers each
+    /// raised account as it is now. An account that does not exist or would overflow is left
+    /// out of the answer.
+    async fn raise_counters(
+        &mut self,
+        raises: &[CounterRaise<'_>],
+    ) -> Result<Vec<UserUsage>, BatchError>;
+
+    /// Which of these accounts exist.
+    async fn existing_accounts(&mut self, ids: &[&str]) -> Result<HashSet<String>, BatchError>;
+
+    /// Appends the events and answers their ids. A key that is already in the ledger (a
+    /// report recorded concurrently) is [`BatchError::Retry`].
+    async fn append_events(
+        &mut self,
+        events: &[NewEvent<'_>],
+    ) -> Result<Vec<(EventKey, i64)>, BatchError>;
+
+    /// An account as it is now.
+    async fn account(&mut self, id: &str) -> Result<Option<UserUsage>, BatchError>;
+
+    async fn commit(self) -> Result<(), BatchError>;
+}
+
 /// One transaction for the whole batch. Returns one outcome per report, in order.
-async fn write_batch(
-    dialect: Dialect,
-    conn: &mut AnyConnection,
+pub(super) async fn write_batch(
+    mut tx: impl BatchStatements,
     usages: &[RecordUsage],
     at: &[i64],
     look_up_keys: bool,
-) -> Result<Vec<Result<Recorded, LedgerError>>, BatchError> {
-    let begin = match dialect {
-        // Take the write lock up front: a deferred transaction that reads first could fail to
-        // upgrade to a writer when another connection commits in between.
-        Dialect::Sqlite => "BEGIN IMMEDIATE",
-        Dialect::Postgres => "BEGIN",
-    };
-    let mut tx = conn.begin_with(begin).await?;
-
+) -> Result<Vec<Outcome>, BatchError> {
     // 1. Which keys were recorded before? (Skipped on the optimistic first try.)
     let mut existing: HashMap<EventKey, StoredEvent> = HashMap::new();
     if look_up_keys {
         let mut keys: Vec<&str> = usages.iter().map(|u| u.idempotency_key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
-        let sql = format!(
-            "SELECT usage_event_id, account_id, idempotency_key, tokens, input_tokens, output_tokens, model, \
-             conversation_id, agent_id, prompt_id, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at \
-             FROM usage_event WHERE idempotency_key IN ({})",
-            placeholders(1, keys.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        for key in &keys {
-            query = query.bind(*key);
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            let key: EventKey = (row.try_get("account_id")?, row.try_get("idempotency_key")?);
-            existing.insert(key, StoredEvent::from_row(&row)?);
-        }
+        existing.extend(tx.recorded_events(&keys).await?);
     }
 
     // 2. Plan each report; group the new ones by account, in account-id order.
@@ -320,187 +488,83 @@ async fn write_batch(
 
     // 3. Raise each account's counters once for all its new reports, and work out each
     //    report's own running totals from the account's new totals.
-    let mut outcomes: Vec<Option<Result<Recorded, LedgerError>>> =
-        (0..usages.len()).map(|_| None).collect();
-    let mut to_insert: Vec<(usize, i64, i64, i64)> = Vec::new(); // (report, used_after, lifetime_after, limit)
-    let mut user_after: HashMap<usize, UserUsage> = HashMap::new();
-    let accounts: Vec<(&str, &Vec<usize>)> = new_by_account.iter().map(|(a, m)| (*a, m)).collect();
-    for chunk in accounts.chunks(UPDATE_CHUNK) {
-        if dialect == Dialect::Postgres && chunk.len() > 1 {
-            // Lock the rows in account-id order first: two processes' batches then always
-            // lock in the same order and cannot deadlock.
-            let sql = format!(
-                "SELECT account_id FROM account WHERE account_id IN ({}) ORDER BY account_id FOR UPDATE",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (account, _) in chunk {
-                query = query.bind(*account);
-            }
-            query.fetch_all(&mut *tx).await?;
-        }
-        // One statement raises every account of the chunk by the sum of its reports, unless
-        // that would overflow a 64-bit counter.
-        let rows_sql: Vec<String> = (0..chunk.len())
-            .map(|n| {
-                let p = n * 6 + 1;
-                format!(
-                    "(CAST(${p} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                      CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect();
-        let sql = format!(
-            "WITH d (d_id, d_delta, d_max, d_at, d_cost, d_cost_max) AS (VALUES {}) \
-             UPDATE account SET tokens_used = tokens_used + d_delta, \
-                 lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at, \
-                 lifetime_cost_picos = lifetime_cost_picos + d_cost \
-             FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
-                 AND lifetime_cost_picos <= d_cost_max \
-             RETURNING account_id, display_name, token_limit, role, tokens_used, tokens_reserved, lifetime_tokens, lifetime_cost_picos, updated_at",
-            rows_sql.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        let mut deltas: HashMap<&str, (i64, i64)> = HashMap::new();
-        for (account, members) in chunk {
-            let delta: i64 = members.iter().map(|&i| usages[i].tokens.get() as i64).sum();
+    let raises: Vec<CounterRaise> = new_by_account
+        .iter()
+        .map(|(account, members)| CounterRaise {
+            account,
+            tokens: members.iter().map(|&i| usages[i].tokens.get() as i64).sum(),
             // Each cost fits an i64 (see domain::pricing); a batch's sum saturates, and the
-            // overflow guard below then refuses it.
-            let cost: i64 = members
+            // overflow guard then refuses it.
+            cost_picos: members
                 .iter()
                 .map(|&i| i64::try_from(usages[i].cost_picos).unwrap_or(i64::MAX))
-                .fold(0i64, |a, c| a.saturating_add(c));
-            let updated_at = members.iter().map(|&i| at[i]).max().unwrap_or_default();
-            deltas.insert(account, (delta, cost));
-            query = query
-                .bind(*account)
-                .bind(delta)
-                .bind(i64::MAX - delta)
-                .bind(updated_at)
-                .bind(cost)
-                .bind(i64::MAX - cost);
-        }
-        let mut updated: HashMap<String, UserUsage> = HashMap::new();
-        for row in query.fetch_all(&mut *tx).await? {
-            let after = usage_from_row(&row).map_err(BatchError::Fatal)?;
-            updated.insert(after.user_id.to_string(), after);
-        }
+                .fold(0i64, |a, c| a.saturating_add(c)),
+            updated_at: members.iter().map(|&i| at[i]).max().unwrap_or_default(),
+        })
+        .collect();
+    let mut updated: HashMap<String, UserUsage> = tx
+        .raise_counters(&raises)
+        .await?
+        .into_iter()
+        .map(|after| (after.user_id.to_string(), after))
+        .collect();
+    let missing: Vec<&str> = raises
+        .iter()
+        .map(|r| r.account)
+        .filter(|a| !updated.contains_key(*a))
+        .collect();
+    let existing_accounts = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        tx.existing_accounts(&missing).await?
+    };
 
-        let missing: Vec<&str> = chunk
-            .iter()
-            .map(|(a, _)| *a)
-            .filter(|a| !updated.contains_key(*a))
-            .collect();
-        let mut existing_accounts: HashSet<String> = HashSet::new();
-        if !missing.is_empty() {
-            let sql = format!(
-                "SELECT account_id FROM account WHERE account_id IN ({})",
-                placeholders(1, missing.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-            for account in &missing {
-                query = query.bind(*account);
+    let mut outcomes: Vec<Option<Outcome>> = (0..usages.len()).map(|_| None).collect();
+    let mut to_append: Vec<NewEvent> = Vec::with_capacity(usages.len());
+    let mut user_after: HashMap<usize, UserUsage> = HashMap::new();
+    for (raise, members) in raises.iter().zip(new_by_account.values()) {
+        let Some(after) = updated.remove(raise.account) else {
+            for &i in members {
+                outcomes[i] = Some(Err(if existing_accounts.contains(raise.account) {
+                    LedgerError::CounterOverflow
+                } else {
+                    LedgerError::UserNotFound
+                }));
             }
-            for row in query.fetch_all(&mut *tx).await? {
-                existing_accounts.insert(row.try_get("account_id")?);
-            }
-        }
-
-        for (account, members) in chunk {
-            let Some(after) = updated.get(*account) else {
-                for &i in members.iter() {
-                    outcomes[i] = Some(Err(if existing_accounts.contains(*account) {
-                        LedgerError::CounterOverflow
-                    } else {
-                        LedgerError::UserNotFound
-                    }));
-                }
-                continue;
-            };
-            // Each report's own running totals, in the order the reports came.
-            let (delta, cost_delta) = deltas[account];
-            let mut used = after.tokens_used as i64 - delta;
-            let mut lifetime = after.lifetime_tokens as i64 - delta;
-            let mut cost = after.lifetime_cost_picos as i64 - cost_delta;
-            for &i in members.iter() {
-                used += usages[i].tokens.get() as i64;
-                lifetime += usages[i].tokens.get() as i64;
-                cost += usages[i].cost_picos as i64;
-                to_insert.push((i, used, lifetime, after.token_limit.get() as i64));
-                let mut user = after.clone();
-                user.tokens_used = used as u64;
-                user.lifetime_tokens = lifetime as u64;
-                user.lifetime_cost_picos = cost as u64;
-                user.updated_at = from_micros(at[i]);
-                user_after.insert(i, user);
-            }
+            continue;
+        };
+        // Each report's own running totals, in the order the reports came.
+        let mut used = after.tokens_used as i64 - raise.tokens;
+        let mut lifetime = after.lifetime_tokens as i64 - raise.tokens;
+        let mut cost = after.lifetime_cost_picos as i64 - raise.cost_picos;
+        for &i in members {
+            used += usages[i].tokens.get() as i64;
+            lifetime += usages[i].tokens.get() as i64;
+            cost += usages[i].cost_picos as i64;
+            to_append.push(NewEvent {
+                usage: &usages[i],
+                tokens_used_after: used,
+                lifetime_tokens_after: lifetime,
+                token_limit_at: after.token_limit.get() as i64,
+                created_at: at[i],
+            });
+            let mut user = after.clone();
+            user.tokens_used = used as u64;
+            user.lifetime_tokens = lifetime as u64;
+            user.lifetime_cost_picos = cost as u64;
+            user.updated_at = from_micros(at[i]);
+            user_after.insert(i, user);
         }
     }
 
     // 4. Append the events. A key recorded before (not looked up on the optimistic try) or by
-    //    another process since step 1 makes the insert skip that row: then the whole batch is
-    //    rolled back and retried with the keys looked up, so nothing is counted twice.
-    let mut event_ids: HashMap<EventKey, i64> = HashMap::new();
-    for chunk in to_insert.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO usage_event (account_id, tokens, input_tokens, output_tokens, model, source, \
-             idempotency_key, tokens_used_after, lifetime_tokens_after, token_limit_at, created_at, \
-             cached_tokens, cache_write_tokens, reasoning_tokens, cost_picos, conversation_id, agent_id, \
-             prompt_id) VALUES ",
-        );
-        for (n, _) in chunk.iter().enumerate() {
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&placeholders(n * EVENT_PARAMS + 1, EVENT_PARAMS));
-            sql.push(')');
-        }
-        sql.push_str(
-            " ON CONFLICT (idempotency_key, account_id) DO NOTHING \
-             RETURNING usage_event_id, account_id, idempotency_key",
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        for &(i, used_after, lifetime_after, limit) in chunk {
-            let u = &usages[i];
-            query = query
-                .bind(u.user_id.as_str())
-                .bind(u.tokens.get() as i64)
-                .bind(u.input_tokens.map(|v| v as i64))
-                .bind(u.output_tokens.map(|v| v as i64))
-                .bind(u.model.as_ref().map(|m| m.as_str()))
-                .bind(u.source.as_str())
-                .bind(u.idempotency_key.as_str())
-                .bind(used_after)
-                .bind(lifetime_after)
-                .bind(limit)
-                .bind(at[i])
-                .bind(u.cached_tokens as i64)
-                .bind(u.cache_write_tokens as i64)
-                .bind(u.reasoning_tokens as i64)
-                .bind(u.cost_picos as i64)
-                .bind(u.context.conversation_id.as_ref().map(|c| c.as_str()))
-                .bind(u.context.agent_id.as_ref().map(|c| c.as_str()))
-                .bind(u.context.prompt_id.as_ref().map(|c| c.as_str()));
-        }
-        let rows = query.fetch_all(&mut *tx).await?;
-        if rows.len() != chunk.len() {
-            return Err(BatchError::Retry(
-                "an idempotency key was recorded concurrently".into(),
-            ));
-        }
-        for row in rows {
-            event_ids.insert(
-                (row.try_get("account_id")?, row.try_get("idempotency_key")?),
-                row.try_get("usage_event_id")?,
-            );
-        }
-    }
+    //    another process since step 1 makes the append fail: then the whole batch is rolled
+    //    back and retried with the keys looked up, so nothing is counted twice.
+    let event_ids: HashMap<EventKey, i64> = if to_append.is_empty() {
+        HashMap::new()
+    } else {
+        tx.append_events(&to_append).await?.into_iter().collect()
+    };
 
     // 5. Current users for replays (rare: only retried requests).
     let mut replay_users: HashMap<String, UserUsage> = HashMap::new();
@@ -508,12 +572,9 @@ async fn write_batch(
         if let Plan::AlreadyRecorded((account, _)) = plan
             && !replay_users.contains_key(account)
         {
-            let user = accounts::get(&mut *tx, account)
-                .await
-                .map_err(BatchError::Fatal)?
-                .ok_or_else(|| {
-                    BatchError::Fatal(LedgerError::Internal("event without its account".into()))
-                })?;
+            let user = tx.account(account).await?.ok_or_else(|| {
+                BatchError::Fatal(LedgerError::Internal("event without its account".into()))
+            })?;
             replay_users.insert(account.clone(), user);
         }
     }
@@ -573,11 +634,170 @@ async fn write_batch(
         .collect())
 }
 
+/// A batch through sqlx: multi-row statements, so a batch is a few round trips whatever its
+/// size.
+struct SqlxBatch<'c> {
+    tx: sqlx::Transaction<'c, Any>,
+    dialect: Dialect,
+}
+
+impl SqlxBatch<'_> {
+    fn query(&self, sql: String) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+        sqlx::query(AssertSqlSafe(many_parameters(self.dialect, sql)))
+    }
+}
+
+impl BatchStatements for SqlxBatch<'_> {
+    async fn recorded_events(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<Vec<(EventKey, StoredEvent)>, BatchError> {
+        let mut query = self.query(format!(
+            "SELECT {STORED_EVENT_COLUMNS} FROM usage_event WHERE idempotency_key IN ({})",
+            placeholders(1, keys.len())
+        ));
+        for key in keys {
+            query = query.bind(key.to_string());
+        }
+        let rows = query.fetch_all(&mut *self.tx).await?;
+        Ok(rows
+            .iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn raise_counters(
+        &mut self,
+        raises: &[CounterRaise<'_>],
+    ) -> Result<Vec<UserUsage>, BatchError> {
+        let mut raised = Vec::with_capacity(raises.len());
+        for chunk in raises.chunks(UPDATE_CHUNK) {
+            if self.dialect == Dialect::Postgres && chunk.len() > 1 {
+                // Lock the rows in account-id order first: two processes' batches then always
+                // lock in the same order and cannot deadlock.
+                let mut query = self.query(format!(
+                    "SELECT account_id FROM account WHERE account_id IN ({}) ORDER BY account_id FOR UPDATE",
+                    placeholders(1, chunk.len())
+                ));
+                for raise in chunk {
+                    query = query.bind(raise.account.to_owned());
+                }
+                query.fetch_all(&mut *self.tx).await?;
+            }
+            // One statement raises every account of the chunk by the sum of its reports,
+            // unless that would overflow a 64-bit counter.
+            let rows_sql: Vec<String> = (0..chunk.len())
+                .map(|n| {
+                    let p = n * 6 + 1;
+                    format!(
+                        "(CAST(${p} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                          CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            let mut query = self.query(format!(
+                "WITH d (d_id, d_delta, d_max, d_at, d_cost, d_cost_max) AS (VALUES {}) \
+                 UPDATE account SET tokens_used = tokens_used + d_delta, \
+                     lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at, \
+                     lifetime_cost_picos = lifetime_cost_picos + d_cost \
+                 FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
+                     AND lifetime_cost_picos <= d_cost_max \
+                 RETURNING {ACCOUNT_COLUMNS}",
+                rows_sql.join(", ")
+            ));
+            for raise in chunk {
+                query = query
+                    .bind(raise.account.to_owned())
+                    .bind(raise.tokens)
+                    .bind(i64::MAX - raise.tokens)
+                    .bind(raise.updated_at)
+                    .bind(raise.cost_picos)
+                    .bind(i64::MAX - raise.cost_picos);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                raised.push(usage_from_row(&row).map_err(BatchError::Fatal)?);
+            }
+        }
+        Ok(raised)
+    }
+
+    async fn existing_accounts(&mut self, ids: &[&str]) -> Result<HashSet<String>, BatchError> {
+        let mut query = self.query(format!(
+            "SELECT account_id FROM account WHERE account_id IN ({})",
+            placeholders(1, ids.len())
+        ));
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&mut *self.tx).await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.text("account_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn append_events(
+        &mut self,
+        events: &[NewEvent<'_>],
+    ) -> Result<Vec<(EventKey, i64)>, BatchError> {
+        let mut ids = Vec::with_capacity(events.len());
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|n| format!("({})", placeholders(n * EVENT_PARAMS + 1, EVENT_PARAMS)))
+                .collect();
+            let mut query = self.query(format!(
+                "INSERT INTO usage_event ({NEW_EVENT_COLUMNS}) VALUES {} \
+                 ON CONFLICT (idempotency_key, account_id) DO NOTHING \
+                 RETURNING usage_event_id, account_id, idempotency_key",
+                rows.join(", ")
+            ));
+            for event in chunk {
+                for value in event.values() {
+                    query = match value {
+                        EventValue::Int(v) => query.bind(v),
+                        EventValue::OptInt(v) => query.bind(v),
+                        EventValue::Text(v) => query.bind(v.to_owned()),
+                        EventValue::OptText(v) => query.bind(v.map(str::to_owned)),
+                    };
+                }
+            }
+            let rows = query.fetch_all(&mut *self.tx).await?;
+            if rows.len() != chunk.len() {
+                return Err(BatchError::Retry(
+                    "an idempotency key was recorded concurrently".into(),
+                ));
+            }
+            for row in rows {
+                ids.push((
+                    (row.text("account_id")?, row.text("idempotency_key")?),
+                    row.int("usage_event_id")?,
+                ));
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn account(&mut self, id: &str) -> Result<Option<UserUsage>, BatchError> {
+        accounts::get(&mut *self.tx, id)
+            .await
+            .map_err(BatchError::Fatal)
+    }
+
+    async fn commit(self) -> Result<(), BatchError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
 /// Accounts per multi-row UPDATE (6 parameters each).
 const UPDATE_CHUNK: usize = 256;
 
 /// Parameters per inserted event.
-const EVENT_PARAMS: usize = 18;
+pub(super) const EVENT_PARAMS: usize = 18;
 
 /// Rows per multi-row INSERT: 18 parameters each stays well under both databases' limits
 /// (SQLite 32,766; Postgres 65,535).
