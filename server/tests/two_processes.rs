@@ -117,3 +117,73 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
     assert!(audit.is_exact(), "{audit:?}");
     assert_eq!(audit.events as usize, CLIENTS * PER_CLIENT);
 }
+
+/// Each process trusts an API key it looked up for a second (`KEY_CACHE_TTL`): a key revoked
+/// through one process stops working there at once, and in the other within that second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_process_stops_working_in_the_other_within_a_second() {
+    let db = common::postgres().await;
+    let a = common::start_server(&db.url, &[]).await;
+    let b = common::start_server(&db.url, &[]).await;
+    let http = reqwest::Client::new();
+    common::cli(&db.url, &["create-admin", "--user-id", "root"]);
+    let admin = common::cli(&db.url, &["create-api-key", "--user-id", "root"])
+        .trim()
+        .to_owned();
+    let victim = common::cli(
+        &db.url,
+        &["create-api-key", "--user-id", "root", "--name", "victim"],
+    )
+    .trim()
+    .to_owned();
+    let me = |base: &str, key: &str| {
+        http.get(format!("{base}/api/me"))
+            .bearer_auth(key.to_owned())
+            .send()
+    };
+    // Both processes have just looked the key up (and may keep it for a second).
+    assert_eq!(me(&a.base, &victim).await.expect("me").status(), 200);
+    assert_eq!(me(&b.base, &victim).await.expect("me").status(), 200);
+
+    let keys: Vec<serde_json::Value> = http
+        .get(format!("{}/api/users/root/keys", a.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let id = keys
+        .iter()
+        .find(|k| k["name"] == "victim")
+        .and_then(|k| k["keyId"].as_i64())
+        .unwrap_or_else(|| panic!("the victim key is listed: {keys:?}"));
+    let revoked_at = std::time::Instant::now();
+    let res = http
+        .delete(format!("{}/api/users/root/keys/{id}", a.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(res.status(), 200);
+    assert_eq!(me(&a.base, &victim).await.expect("me").status(), 401);
+
+    // The other process refuses it within the cache's second (and a margin for a busy machine),
+    // and from then on.
+    loop {
+        let status = me(&b.base, &victim).await.expect("me").status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(3),
+            "the revoked key still works in the other process"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(me(&b.base, &victim).await.expect("me").status(), 401);
+    }
+}
