@@ -243,26 +243,43 @@ async fn aggregate_step_sqlite(
         let delta = builder.finish();
         let _turn = db.write_turn().await;
         let locked = std::time::Instant::now();
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_write(db.dialect, &mut conn).await?;
-        if lock_cursor(&mut tx, db.dialect)
-            .await
-            .map_err(ledger_error)?
-            != from
-        {
-            // Someone else (a backfill's take-over) moved the cursor since the read: what was
-            // read may be folded already. The next step reads again.
-            tx.rollback().await.map_err(ledger_error)?;
+        let folded = file
+            .write(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(read_error)?;
+                let mut now = None;
+                for_each_row(
+                    &tx,
+                    "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = ?1",
+                    &[&CURSOR],
+                    |row| {
+                        now = Some(Cursor {
+                            tx: row.int("last_tx")?,
+                            event_id: row.int("last_event_id")?,
+                        });
+                        Ok(())
+                    },
+                )?;
+                if now != Some(from) {
+                    // Someone else (a backfill's take-over) moved the cursor since the read:
+                    // what was read may be folded already. The next step reads again.
+                    return Ok(false);
+                }
+                apply_delta_sqlite(&tx, &delta, &delta.distinct_members())?;
+                tx.execute(
+                    "UPDATE rollup_cursor SET last_tx = 0, last_event_id = ?1, updated_at = ?2 \
+                     WHERE name = ?3",
+                    rusqlite::params![last_event_id, micros(Utc::now()), CURSOR],
+                )
+                .map_err(read_error)?;
+                tx.commit().map_err(read_error)?;
+                Ok(true)
+            })
+            .await?;
+        if !folded {
             return Ok(0);
         }
-        let next = Cursor {
-            tx: 0,
-            event_id: last_event_id,
-        };
-        fold_and_advance(&mut tx, db.dialect, &delta, next)
-            .await
-            .map_err(ledger_error)?;
-        tx.commit().await.map_err(ledger_error)?;
         tracing::debug!(
             events,
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -521,6 +538,145 @@ fn sum_values(s: &Sums) -> [i64; 5] {
 /// Rows per multi-row upsert (11 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
 
+/// The statements that add a delta to the stored rollups, for `rows` rows each: the distinct
+/// members first (`DO NOTHING`, answering the new ones), then the rollups' and the day members'
+/// sums (added to what is stored).
+struct DeltaSql {
+    distinct: String,
+    rollups: String,
+    members: String,
+}
+
+impl DeltaSql {
+    fn new(dialect: Dialect, rows: usize) -> Self {
+        let additions = |table: &str, columns: &[&str]| {
+            columns
+                .iter()
+                .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+                .chain(std::iter::once(format!(
+                    "last_activity_at = {}",
+                    greatest(
+                        dialect,
+                        &format!("{table}.last_activity_at"),
+                        "excluded.last_activity_at"
+                    )
+                )))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let tuples = |width: usize| {
+            (0..rows)
+                .map(|n| format!("({})", placeholders(n * width + 1, width)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let added: Vec<&str> = SUM_COLUMNS.iter().chain(&COUNT_COLUMNS).copied().collect();
+        Self {
+            distinct: many_parameters(
+                dialect,
+                format!(
+                    "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
+                     VALUES {} ON CONFLICT (account_id, period, bucket, dimension, value) DO NOTHING \
+                     RETURNING account_id, period, bucket, dimension",
+                    tuples(5)
+                ),
+            ),
+            rollups: many_parameters(
+                dialect,
+                format!(
+                    "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at, {}) \
+                     VALUES {} ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
+                    SUM_COLUMNS.join(", "),
+                    COUNT_COLUMNS.join(", "),
+                    tuples(12),
+                    additions("usage_rollup", &added)
+                ),
+            ),
+            members: many_parameters(
+                dialect,
+                format!(
+                    "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, {}, \
+                     last_activity_at) VALUES {} \
+                     ON CONFLICT (account_id, period, bucket, dimension, value) DO UPDATE SET {}",
+                    SUM_COLUMNS.join(", "),
+                    tuples(11),
+                    additions("usage_rollup_member", &SUM_COLUMNS)
+                ),
+            ),
+        }
+    }
+}
+
+const COUNT_COLUMNS: [&str; 3] = ["conversations", "agents", "models"];
+
+/// A distinct member's row for [`DeltaSql::distinct`].
+fn distinct_row((user, period, bucket, dimension, value): &MemberKey) -> [SqlValue; 5] {
+    [
+        SqlValue::Text(user.clone()),
+        SqlValue::Text(period.as_str().to_owned()),
+        SqlValue::Text(bucket.to_string()),
+        SqlValue::Text(dimension.code().to_owned()),
+        SqlValue::Text(value.clone()),
+    ]
+}
+
+/// A rollup's row for [`DeltaSql::rollups`]: its sums and how many distinct members are new.
+fn rollup_addition_row(
+    (user, period, bucket): &RollupKey,
+    sums: &Sums,
+    new: [i64; 3],
+) -> Vec<SqlValue> {
+    let key = [user.clone(), period.as_str().to_owned(), bucket.to_string()];
+    key.into_iter()
+        .map(SqlValue::Text)
+        .chain(sum_values(sums).map(|v| SqlValue::Int(Some(v))))
+        .chain([SqlValue::Int(sums.last_activity.map(micros))])
+        .chain(new.map(|v| SqlValue::Int(Some(v))))
+        .collect()
+}
+
+/// A day member's row for [`DeltaSql::members`].
+fn member_addition_row(
+    (user, period, bucket, dimension, value): &MemberKey,
+    sums: &Sums,
+) -> Vec<SqlValue> {
+    let key = [
+        user.clone(),
+        period.as_str().to_owned(),
+        bucket.to_string(),
+        dimension.code().to_owned(),
+        value.clone(),
+    ];
+    key.into_iter()
+        .map(SqlValue::Text)
+        .chain(sum_values(sums).map(|v| SqlValue::Int(Some(v))))
+        .chain([SqlValue::Int(sums.last_activity.map(micros))])
+        .collect()
+}
+
+/// Where a new distinct member counts: conversations, agents or models.
+fn distinct_slot(dimension: Dimension) -> Option<usize> {
+    match dimension {
+        Dimension::Conversation => Some(0),
+        Dimension::Agent => Some(1),
+        Dimension::Model => Some(2),
+        _ => None,
+    }
+}
+
+fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    values: impl IntoIterator<Item = &'q SqlValue>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    for value in values {
+        query = match value {
+            SqlValue::Text(s) => query.bind(s.as_str()),
+            SqlValue::Int(i) => query.bind(*i),
+        };
+    }
+    query
+}
+
 /// Adds a delta to the stored rollups and members. `distinct` holds the conversations, agents
 /// and models each touched rollup has in the delta (`RollupDelta::distinct_members`; for a
 /// rebuild, those of whole weeks and months): the ones the rollup has not seen before raise its
@@ -532,82 +688,65 @@ async fn apply_delta(
     distinct: &BTreeSet<MemberKey>,
 ) -> Result<(), sqlx::Error> {
     let raised = insert_distinct(tx, dialect, distinct).await?;
-    let additions = |table: &str, columns: &[&str]| {
-        columns
-            .iter()
-            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
-            .chain(std::iter::once(format!(
-                "last_activity_at = {}",
-                greatest(
-                    dialect,
-                    &format!("{table}.last_activity_at"),
-                    "excluded.last_activity_at"
-                )
-            )))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    const COUNT_COLUMNS: [&str; 3] = ["conversations", "agents", "models"];
-
-    let rollups: Vec<(&RollupKey, &Sums)> = delta.rollups.iter().collect();
-    for chunk in rollups.chunks(UPSERT_CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|n| format!("({})", placeholders(n * 12 + 1, 12)))
-            .collect();
-        let added: Vec<&str> = SUM_COLUMNS.iter().chain(&COUNT_COLUMNS).copied().collect();
-        let sql = format!(
-            "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at, {}) \
-             VALUES {} ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
-            SUM_COLUMNS.join(", "),
-            COUNT_COLUMNS.join(", "),
-            values.join(", "),
-            additions("usage_rollup", &added)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        for (key, sums) in chunk {
-            let (user, period, bucket) = key;
-            query = query
-                .bind(user.as_str())
-                .bind(period.as_str())
-                .bind(bucket.to_string());
-            for v in sum_values(sums) {
-                query = query.bind(v);
-            }
-            query = query.bind(sums.last_activity.map(micros));
-            for v in raised.get(*key).copied().unwrap_or_default() {
-                query = query.bind(v);
-            }
+    let rollups: Vec<Vec<SqlValue>> = delta
+        .rollups
+        .iter()
+        .map(|(key, sums)| {
+            rollup_addition_row(key, sums, raised.get(key).copied().unwrap_or_default())
+        })
+        .collect();
+    let members: Vec<Vec<SqlValue>> = delta
+        .members
+        .iter()
+        .map(|(key, sums)| member_addition_row(key, sums))
+        .collect();
+    type Statement = fn(DeltaSql) -> String;
+    let tables: [(&Vec<Vec<SqlValue>>, Statement); 2] =
+        [(&rollups, |s| s.rollups), (&members, |s| s.members)];
+    for (rows, sql) in tables {
+        for chunk in rows.chunks(UPSERT_CHUNK) {
+            let sql = sql(DeltaSql::new(dialect, chunk.len()));
+            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
+                .execute(&mut **tx)
+                .await?;
         }
-        query.execute(&mut **tx).await?;
     }
+    Ok(())
+}
 
-    let members: Vec<(&MemberKey, &Sums)> = delta.members.iter().collect();
-    for chunk in members.chunks(UPSERT_CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|n| format!("({})", placeholders(n * 11 + 1, 11)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, {}, \
-             last_activity_at) VALUES {} \
-             ON CONFLICT (account_id, period, bucket, dimension, value) DO UPDATE SET {}",
-            SUM_COLUMNS.join(", "),
-            values.join(", "),
-            additions("usage_rollup_member", &SUM_COLUMNS)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        for ((user, period, bucket, dimension, value), sums) in chunk {
-            query = query
-                .bind(user.as_str())
-                .bind(period.as_str())
-                .bind(bucket.to_string())
-                .bind(dimension.code())
-                .bind(value.as_str());
-            for v in sum_values(sums) {
-                query = query.bind(v);
+/// [`apply_delta`] with rusqlite, one prepared statement per table, in the caller's transaction.
+fn apply_delta_sqlite(
+    conn: &rusqlite::Connection,
+    delta: &RollupDelta,
+    distinct: &BTreeSet<MemberKey>,
+) -> Result<(), sqlx::Error> {
+    let sql = DeltaSql::new(Dialect::Sqlite, 1);
+    let mut raised: HashMap<&RollupKey, [i64; 3]> = HashMap::new();
+    {
+        let mut statement = conn.prepare(&sql.distinct).map_err(read_error)?;
+        for key in distinct {
+            let mut rows = statement.query(distinct_row(key)).map_err(read_error)?;
+            if rows.next().map_err(read_error)?.is_some()
+                && let Some(slot) = distinct_slot(key.3)
+                && let Some((rollup, _)) =
+                    delta.rollups.get_key_value(&(key.0.clone(), key.1, key.2))
+            {
+                raised.entry(rollup).or_default()[slot] += 1;
             }
-            query = query.bind(sums.last_activity.map(micros));
         }
-        query.execute(&mut **tx).await?;
+    }
+    let mut statement = conn.prepare(&sql.rollups).map_err(read_error)?;
+    for (key, sums) in &delta.rollups {
+        let row = rollup_addition_row(key, sums, raised.get(key).copied().unwrap_or_default());
+        statement
+            .execute(rusqlite::params_from_iter(&row))
+            .map_err(read_error)?;
+    }
+    let mut statement = conn.prepare(&sql.members).map_err(read_error)?;
+    for (key, sums) in &delta.members {
+        statement
+            .execute(rusqlite::params_from_iter(&member_addition_row(key, sums)))
+            .map_err(read_error)?;
     }
     Ok(())
 }
@@ -619,39 +758,20 @@ async fn insert_distinct(
     dialect: Dialect,
     distinct: &BTreeSet<MemberKey>,
 ) -> Result<BTreeMap<RollupKey, [i64; 3]>, sqlx::Error> {
-    let distinct: Vec<&MemberKey> = distinct.iter().collect();
+    let rows: Vec<[SqlValue; 5]> = distinct.iter().map(distinct_row).collect();
     let mut raised: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
-    for chunk in distinct.chunks(UPSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
-             VALUES {} ON CONFLICT (account_id, period, bucket, dimension, value) DO NOTHING \
-             RETURNING account_id, period, bucket, dimension",
-            (0..chunk.len())
-                .map(|n| format!("({})", placeholders(n * 5 + 1, 5)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(many_parameters(dialect, sql)));
-        for (user, period, bucket, dimension, value) in chunk {
-            query = query
-                .bind(user.as_str())
-                .bind(period.as_str())
-                .bind(bucket.to_string())
-                .bind(dimension.code())
-                .bind(value.as_str());
-        }
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        let sql = DeltaSql::new(dialect, chunk.len()).distinct;
+        let query = bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten());
         for row in query.fetch_all(&mut **tx).await? {
             let bad = || sqlx::Error::Decode("usage_rollup_distinct has a bad row".into());
             let period = Period::parse(&row.try_get::<String, _>("period")?).map_err(|_| bad())?;
             let bucket =
                 NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
                     .map_err(|_| bad())?;
-            let slot = match Dimension::from_code(&row.try_get::<String, _>("dimension")?) {
-                Some(Dimension::Conversation) => 0,
-                Some(Dimension::Agent) => 1,
-                Some(Dimension::Model) => 2,
-                _ => return Err(bad()),
-            };
+            let slot = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
+                .and_then(distinct_slot)
+                .ok_or_else(bad)?;
             raised
                 .entry((row.try_get("account_id")?, period, bucket))
                 .or_default()[slot] += 1;

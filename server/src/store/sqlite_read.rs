@@ -10,6 +10,7 @@
 //! through [`Columns`]: only how a statement is run differs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use app::ports::LedgerError;
 use rusqlite::{Connection, OpenFlags};
@@ -90,13 +91,33 @@ pub(super) fn read_error(e: rusqlite::Error) -> sqlx::Error {
     }
 }
 
-/// Where a SQLite database's file is, to open read connections of its own next to sqlx's pool.
-#[derive(Debug, Clone)]
-pub(crate) struct SqliteFile(PathBuf);
+/// Where a SQLite database's file is, to open connections of its own next to sqlx's pool.
+#[derive(Clone)]
+pub(crate) struct SqliteFile {
+    path: PathBuf,
+    /// The connection [`SqliteFile::write`] used last, kept with its warm page cache: the
+    /// aggregator writes through it twice a second. Only the holder of the write turn uses it.
+    kept_writer: Arc<Mutex<Option<Connection>>>,
+}
+
+impl std::fmt::Debug for SqliteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SqliteFile").field(&self.path).finish()
+    }
+}
 
 impl SqliteFile {
     pub(super) fn new(path: &Path) -> Self {
-        Self(path.to_owned())
+        Self {
+            path: path.to_owned(),
+            kept_writer: Default::default(),
+        }
+    }
+
+    fn kept_writer(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.kept_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A read-only connection (WAL: it never blocks the writer, nor the writer it).
@@ -115,7 +136,7 @@ impl SqliteFile {
         } else {
             (OpenFlags::SQLITE_OPEN_READ_ONLY, "")
         };
-        let conn = Connection::open_with_flags(&self.0, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = Connection::open_with_flags(&self.path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(read_error)?;
         conn.execute_batch(&format!(
             "{pragmas} PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;"
@@ -132,8 +153,9 @@ impl SqliteFile {
         self.on_blocking_thread(false, read).await
     }
 
-    /// Runs `write` on a new read-write connection on a blocking thread. The caller holds the
-    /// process's write turn (`Db::write_turn`) until this answers.
+    /// Runs `write` on a read-write connection (the one kept from the last write, or a new one)
+    /// on a blocking thread. The caller holds the process's write turn (`Db::write_turn`) until
+    /// this answers.
     pub(super) async fn write<T: Send + 'static>(
         &self,
         write: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
@@ -147,10 +169,25 @@ impl SqliteFile {
         work: impl FnOnce(&mut Connection) -> Result<T, sqlx::Error> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let file = self.clone();
-        tokio::task::spawn_blocking(move || work(&mut file.connect(writable)?))
-            .await
-            .map_err(|e| LedgerError::Internal(format!("database task failed: {e}")))?
-            .map_err(super::ledger_error)
+        tokio::task::spawn_blocking(move || {
+            if !writable {
+                return work(&mut file.connect(false)?);
+            }
+            let kept = file.kept_writer().take();
+            let mut conn = match kept {
+                Some(conn) => conn,
+                None => file.connect(true)?,
+            };
+            let done = work(&mut conn);
+            // After an error the connection may be broken or mid-transaction: not kept.
+            if done.is_ok() {
+                *file.kept_writer() = Some(conn);
+            }
+            done
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("database task failed: {e}")))?
+        .map_err(super::ledger_error)
     }
 }
 
