@@ -183,6 +183,7 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
             builder.add(&facts_from_row(row).map_err(ledger_error)?);
         }
         let delta = builder.finish();
+        let read_us = started.elapsed().as_micros() as u64;
         fold_and_advance(&mut tx, db.dialect, &delta, next)
             .await
             .map_err(ledger_error)?;
@@ -190,6 +191,7 @@ pub(super) async fn aggregate_step(db: &Db, limit: i64) -> Result<usize, LedgerE
         tracing::debug!(
             events = rows.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
+            read_us,
             "aggregator step"
         );
         Ok(rows.len())
