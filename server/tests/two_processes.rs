@@ -5,6 +5,14 @@ mod common;
 
 use serde_json::json;
 
+/// An admin `root` and an API key of theirs, made with the CLI as a script would.
+fn bootstrap_admin(database_url: &str) -> String {
+    common::cli(database_url, &["create-admin", "--user-id", "root"]);
+    common::cli(database_url, &["create-api-key", "--user-id", "root"])
+        .trim()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_on_one_postgres_stay_exact() {
     const CLIENTS: usize = 64;
@@ -17,10 +25,7 @@ async fn two_server_processes_on_one_postgres_stay_exact() {
     let http = reqwest::Client::new();
     // Bootstrapped from zero with the CLI, as a script would: an admin key to create users,
     // and a backend key that may only record usage.
-    common::cli(&db.url, &["create-admin", "--user-id", "root"]);
-    let admin = common::cli(&db.url, &["create-api-key", "--user-id", "root"])
-        .trim()
-        .to_owned();
+    let admin = bootstrap_admin(&db.url);
     let recorder = common::cli(
         &db.url,
         &[
@@ -126,10 +131,7 @@ async fn a_key_revoked_through_one_process_stops_working_in_the_other_within_a_s
     let a = common::start_server(&db.url, &[]).await;
     let b = common::start_server(&db.url, &[]).await;
     let http = reqwest::Client::new();
-    common::cli(&db.url, &["create-admin", "--user-id", "root"]);
-    let admin = common::cli(&db.url, &["create-api-key", "--user-id", "root"])
-        .trim()
-        .to_owned();
+    let admin = bootstrap_admin(&db.url);
     let victim = common::cli(
         &db.url,
         &["create-api-key", "--user-id", "root", "--name", "victim"],

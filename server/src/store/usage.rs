@@ -97,7 +97,17 @@ pub(super) fn unpack(
     (usages, now, replies)
 }
 
-pub(super) fn answer(replies: Vec<oneshot::Sender<Outcome>>, outcomes: Vec<Outcome>) {
+/// Sends each report's outcome to its caller; `started` is when the writer took the batch.
+pub(super) fn answer(
+    replies: Vec<oneshot::Sender<Outcome>>,
+    outcomes: Vec<Outcome>,
+    started: std::time::Instant,
+) {
+    tracing::trace!(
+        size = outcomes.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "usage batch"
+    );
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that went away no longer needs its answer; the write stands.
         let _ = reply.send(outcome);
@@ -115,12 +125,7 @@ async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
         let turn = db.write_turn().await;
         let outcomes = write_batch_with_retries(&db, &mut conn, &usages, &now).await;
         drop(turn);
-        tracing::trace!(
-            size = usages.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "usage batch"
-        );
-        answer(replies, outcomes);
+        answer(replies, outcomes, started);
     }
 }
 
@@ -171,12 +176,17 @@ impl Retries {
     }
 
     /// After a failed attempt: how long to wait before the next one, or every report's answer
-    /// when there is none.
-    pub(super) fn after(
+    /// when there is none. After a fatal error the writer's connection is dropped, so a broken
+    /// connection is never reused.
+    pub(super) fn after<C>(
         &mut self,
         error: BatchError,
         reports: usize,
+        conn: &mut Option<C>,
     ) -> Result<Duration, Vec<Outcome>> {
+        if matches!(error, BatchError::Fatal(_)) {
+            *conn = None;
+        }
         match error {
             BatchError::Retry(why) if self.attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt = self.attempt, %why, "retrying a usage batch");
@@ -226,18 +236,10 @@ pub(super) async fn write_batch_with_retries(
                 Err(e) => Err(BatchError::from(e)),
             },
         };
-        match result {
+        match result.map_err(|e| retries.after(e, usages.len(), conn)) {
             Ok(outcomes) => return outcomes,
-            Err(e) => {
-                if matches!(e, BatchError::Fatal(_)) {
-                    *conn = None;
-                }
-                match retries.after(e, usages.len()) {
-                    Ok(wait) if wait.is_zero() => {}
-                    Ok(wait) => tokio::time::sleep(wait).await,
-                    Err(answers) => return answers,
-                }
-            }
+            Err(Ok(wait)) => tokio::time::sleep(wait).await,
+            Err(Err(answers)) => return answers,
         }
     }
 }

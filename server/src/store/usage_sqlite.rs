@@ -47,12 +47,7 @@ fn run_writer(db: Db, file: SqliteFile, mut jobs: mpsc::Receiver<Job>, max_batch
         let turn = futures::executor::block_on(db.write_turn());
         let outcomes = write_with_retries(&file, &mut conn, &usages, &now);
         drop(turn);
-        tracing::trace!(
-            size = usages.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "usage batch"
-        );
-        answer(replies, outcomes);
+        answer(replies, outcomes, started);
     }
 }
 
@@ -73,17 +68,10 @@ fn write_with_retries(
                 Err(e) => Err(BatchError::Fatal(ledger_error(e))),
             },
         };
-        match result {
+        match result.map_err(|e| retries.after(e, usages.len(), conn)) {
             Ok(outcomes) => return outcomes,
-            Err(e) => {
-                if matches!(e, BatchError::Fatal(_)) {
-                    *conn = None;
-                }
-                match retries.after(e, usages.len()) {
-                    Ok(wait) => std::thread::sleep(wait),
-                    Err(answers) => return answers,
-                }
-            }
+            Err(Ok(wait)) => std::thread::sleep(wait),
+            Err(Err(answers)) => return answers,
         }
     }
 }
