@@ -69,6 +69,13 @@ fn facts_from_row(row: &impl Columns) -> Result<EventFacts, sqlx::Error> {
     })
 }
 
+/// The aggregator's cursor (`$1`: its name). SQLite binds `$N` by position too.
+const READ_CURSOR_SQL: &str = "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = $1";
+
+/// Moves the aggregator's cursor: `$1` tx, `$2` event id, `$3` now (µs), `$4` its name.
+const ADVANCE_CURSOR_SQL: &str =
+    "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4";
+
 /// Reads the cursor, locking it against other aggregators, rebuilds and checks until commit
 /// (SQLite: the write transaction already excludes them).
 async fn lock_cursor(
@@ -88,12 +95,10 @@ async fn read_cursor(
         Dialect::Postgres if lock => " FOR UPDATE",
         _ => "",
     };
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = $1{lock}"
-    )))
-    .bind(CURSOR)
-    .fetch_one(&mut **tx)
-    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!("{READ_CURSOR_SQL}{lock}")))
+        .bind(CURSOR)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(Cursor {
         tx: row.try_get("last_tx")?,
         event_id: row.try_get("last_event_id")?,
@@ -138,15 +143,13 @@ async fn fold_and_advance(
     next: Cursor,
 ) -> Result<(), sqlx::Error> {
     apply_delta(tx, dialect, delta, &delta.distinct_members()).await?;
-    sqlx::query(
-        "UPDATE rollup_cursor SET last_tx = $1, last_event_id = $2, updated_at = $3 WHERE name = $4",
-    )
-    .bind(next.tx)
-    .bind(next.event_id)
-    .bind(micros(Utc::now()))
-    .bind(CURSOR)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(ADVANCE_CURSOR_SQL)
+        .bind(next.tx)
+        .bind(next.event_id)
+        .bind(micros(Utc::now()))
+        .bind(CURSOR)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -213,19 +216,7 @@ async fn aggregate_step_sqlite(
         let started = std::time::Instant::now();
         let (from, builder, read) = file
             .read(move |conn| {
-                let mut from = Cursor::default();
-                for_each_row(
-                    conn,
-                    "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = ?1",
-                    &[&CURSOR],
-                    |row| {
-                        from = Cursor {
-                            tx: row.int("last_tx")?,
-                            event_id: row.int("last_event_id")?,
-                        };
-                        Ok(())
-                    },
-                )?;
+                let from = read_cursor_sqlite(conn)?;
                 // One writer at a time numbers SQLite's events in commit order, so the events
                 // after the cursor that this read sees are the next ones, in order.
                 let sql = format!("{} LIMIT ?1", pending_events_sql(Dialect::Sqlite, from));
@@ -250,29 +241,15 @@ async fn aggregate_step_sqlite(
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(read_error)?;
-                let mut now = None;
-                for_each_row(
-                    &tx,
-                    "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = ?1",
-                    &[&CURSOR],
-                    |row| {
-                        now = Some(Cursor {
-                            tx: row.int("last_tx")?,
-                            event_id: row.int("last_event_id")?,
-                        });
-                        Ok(())
-                    },
-                )?;
-                if now != Some(from) {
+                if read_cursor_sqlite(&tx)? != from {
                     // Someone else (a backfill's take-over) moved the cursor since the read:
                     // what was read may be folded already. The next step reads again.
                     return Ok(false);
                 }
                 apply_delta_sqlite(&tx, &delta, &delta.distinct_members())?;
                 tx.execute(
-                    "UPDATE rollup_cursor SET last_tx = 0, last_event_id = ?1, updated_at = ?2 \
-                     WHERE name = ?3",
-                    rusqlite::params![last_event_id, micros(Utc::now()), CURSOR],
+                    ADVANCE_CURSOR_SQL,
+                    rusqlite::params![0, last_event_id, micros(Utc::now()), CURSOR],
                 )
                 .map_err(read_error)?;
                 tx.commit().map_err(read_error)?;
@@ -1599,16 +1576,12 @@ async fn compare_in_snapshot(
 }
 
 fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error> {
-    conn.query_row(
-        "SELECT last_tx, last_event_id FROM rollup_cursor WHERE name = ?1",
-        [CURSOR],
-        |row| {
-            Ok(Cursor {
-                tx: row.get(0)?,
-                event_id: row.get(1)?,
-            })
-        },
-    )
+    conn.query_row(READ_CURSOR_SQL, [CURSOR], |row| {
+        Ok(Cursor {
+            tx: row.get(0)?,
+            event_id: row.get(1)?,
+        })
+    })
     .map_err(read_error)
 }
 

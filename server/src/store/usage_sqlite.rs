@@ -7,6 +7,7 @@
 //! [`write_batch`]'s, shared with Postgres; only how each statement runs is here.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use domain::{RecordUsage, UserUsage};
@@ -101,6 +102,33 @@ impl From<rusqlite::Error> for BatchError {
     }
 }
 
+/// The writer's statements, one row each, written once.
+struct Statements {
+    recorded_event: String,
+    raise_counters: String,
+    append_event: String,
+    account: String,
+}
+
+static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
+    recorded_event: format!(
+        "SELECT {STORED_EVENT_COLUMNS} FROM usage_event WHERE idempotency_key = ?1"
+    ),
+    raise_counters: format!(
+        "UPDATE account SET tokens_used = tokens_used + ?2, lifetime_tokens = lifetime_tokens + ?2, \
+             updated_at = ?4, lifetime_cost_picos = lifetime_cost_picos + ?5 \
+         WHERE account_id = ?1 AND tokens_used <= ?3 AND lifetime_tokens <= ?3 \
+             AND lifetime_cost_picos <= ?6 \
+         RETURNING {ACCOUNT_COLUMNS}"
+    ),
+    append_event: format!(
+        "INSERT INTO usage_event ({NEW_EVENT_COLUMNS}) VALUES ({}) \
+         ON CONFLICT (idempotency_key, account_id) DO NOTHING RETURNING usage_event_id",
+        placeholders(1, super::usage::EVENT_PARAMS).replace('$', "?")
+    ),
+    account: format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE account_id = ?1"),
+});
+
 struct RusqliteBatch<'c> {
     tx: rusqlite::Transaction<'c>,
 }
@@ -147,11 +175,9 @@ impl BatchStatements for RusqliteBatch<'_> {
         &mut self,
         keys: &[&str],
     ) -> Result<Vec<(EventKey, StoredEvent)>, BatchError> {
-        let sql =
-            format!("SELECT {STORED_EVENT_COLUMNS} FROM usage_event WHERE idempotency_key = ?1");
         let mut found = Vec::new();
         for key in keys {
-            self.each_row(&sql, &[key], |row| {
+            self.each_row(&SQL.recorded_event, &[key], |row| {
                 found.push(StoredEvent::from_row(row)?);
                 Ok(())
             })?;
@@ -163,13 +189,6 @@ impl BatchStatements for RusqliteBatch<'_> {
         &mut self,
         raises: &[CounterRaise<'_>],
     ) -> Result<Vec<UserUsage>, BatchError> {
-        let sql = format!(
-            "UPDATE account SET tokens_used = tokens_used + ?2, lifetime_tokens = lifetime_tokens + ?2, \
-                 updated_at = ?4, lifetime_cost_picos = lifetime_cost_picos + ?5 \
-             WHERE account_id = ?1 AND tokens_used <= ?3 AND lifetime_tokens <= ?3 \
-                 AND lifetime_cost_picos <= ?6 \
-             RETURNING {ACCOUNT_COLUMNS}"
-        );
         let mut raised = Vec::with_capacity(raises.len());
         for r in raises {
             let (max_tokens, max_cost) = (i64::MAX - r.tokens, i64::MAX - r.cost_picos);
@@ -181,7 +200,7 @@ impl BatchStatements for RusqliteBatch<'_> {
                 &r.cost_picos,
                 &max_cost,
             ];
-            raised.extend(self.account_by_id(&sql, &params)?);
+            raised.extend(self.account_by_id(&SQL.raise_counters, &params)?);
         }
         Ok(raised)
     }
@@ -205,18 +224,10 @@ impl BatchStatements for RusqliteBatch<'_> {
         &mut self,
         events: &[NewEvent<'_>],
     ) -> Result<Vec<(EventKey, i64)>, BatchError> {
-        let sql = format!(
-            "INSERT INTO usage_event ({NEW_EVENT_COLUMNS}) VALUES ({}) \
-             ON CONFLICT (idempotency_key, account_id) DO NOTHING RETURNING usage_event_id",
-            placeholders(1, super::usage::EVENT_PARAMS).replace('$', "?")
-        );
-        let mut statement = self.tx.prepare_cached(&sql)?;
+        let mut statement = self.tx.prepare_cached(&SQL.append_event)?;
         let mut ids = Vec::with_capacity(events.len());
         for event in events {
-            let values = event.values();
-            let params: Vec<&dyn rusqlite::ToSql> =
-                values.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
-            let mut rows = statement.query(params.as_slice())?;
+            let mut rows = statement.query(rusqlite::params_from_iter(event.values()))?;
             let Some(row) = rows.next()? else {
                 return Err(BatchError::Retry(
                     "an idempotency key was recorded concurrently".into(),
@@ -232,8 +243,7 @@ impl BatchStatements for RusqliteBatch<'_> {
     }
 
     async fn account(&mut self, id: &str) -> Result<Option<UserUsage>, BatchError> {
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE account_id = ?1");
-        self.account_by_id(&sql, &[&id])
+        self.account_by_id(&SQL.account, &[&id])
     }
 
     async fn commit(self) -> Result<(), BatchError> {
