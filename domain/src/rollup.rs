@@ -176,16 +176,21 @@ impl Sums {
 /// The member value standing for "events without this dimension".
 pub const NO_VALUE: &str = "";
 
-/// (user, period, first day of the period, dimension, value): one conversation, agent, model or
-/// prompt seen in a rollup, with its own sums.
-pub type MemberKey = (String, Period, NaiveDate, Dimension, String);
+/// (user, day): one user's events of one UTC day.
+pub type DayKey = (String, NaiveDate);
 
-/// What a batch of events adds to the stored rollups. The aggregator folds each batch of new
-/// ledger events into one delta and applies it in one transaction; distinct counts are then the
-/// number of members a rollup has.
+/// (user, day, dimension, value): one conversation, agent, model or prompt seen in a user's
+/// day, with its own sums.
+pub type MemberKey = (String, NaiveDate, Dimension, String);
+
+/// What a batch of events adds to the stored days: each user's day sums, and the sums of every
+/// conversation, agent, model and prompt of that day. Only days are stored; a week's or a
+/// month's rollup is made of its days when asked ([`Self::to_rollups`]), its distinct counts
+/// from its days' members. The aggregator folds each batch of new ledger events into one delta
+/// and applies it in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RollupDelta {
-    pub rollups: BTreeMap<RollupKey, Sums>,
+    pub days: BTreeMap<DayKey, Sums>,
     pub members: BTreeMap<MemberKey, Sums>,
 }
 
@@ -199,26 +204,17 @@ impl RollupDelta {
     }
 
     pub fn add(&mut self, e: &EventFacts) {
-        for period in Period::ALL {
-            self.rollups
-                .entry((e.user_id.clone(), period, period.bucket(e.at)))
-                .or_default()
-                .add_event(e);
-        }
-        // Members are kept per day only: a week's or a month's distinct counts are the distinct
-        // members of its days. Events without a value are kept under "" (never a valid id), so a
-        // grouping by model still adds up to the whole; distinct counts skip it.
-        let day = Period::Day.bucket(e.at);
+        let day = e.at.date_naive();
+        self.days
+            .entry((e.user_id.clone(), day))
+            .or_default()
+            .add_event(e);
+        // Events without a value are kept under "" (never a valid id), so a grouping by model
+        // still adds up to the whole; distinct counts skip it.
         for dimension in Dimension::ALL {
             let value = e.value_of(dimension).unwrap_or(NO_VALUE);
             self.members
-                .entry((
-                    e.user_id.clone(),
-                    Period::Day,
-                    day,
-                    dimension,
-                    value.to_owned(),
-                ))
+                .entry((e.user_id.clone(), day, dimension, value.to_owned()))
                 .or_default()
                 .add_event(e);
         }
@@ -226,66 +222,57 @@ impl RollupDelta {
 
     /// Adds another delta (a later batch) to this one.
     pub fn merge(&mut self, other: &RollupDelta) {
-        for (key, sums) in &other.rollups {
-            self.rollups.entry(key.clone()).or_default().merge(sums);
+        for (key, sums) in &other.days {
+            self.days.entry(key.clone()).or_default().merge(sums);
         }
         for (key, sums) in &other.members {
             self.members.entry(key.clone()).or_default().merge(sums);
         }
     }
 
-    /// The conversations, agents and models (with a value) each rollup of every period has seen:
-    /// a week's or a month's are those of its days. Their number is the rollup's distinct count.
-    pub fn distinct_members(&self) -> BTreeSet<MemberKey> {
-        let mut out = BTreeSet::new();
-        for (user, _, day, dimension, value) in self.members.keys() {
-            if value == NO_VALUE || *dimension == Dimension::Prompt {
+    /// Every period's rollups made of these days: a week's or a month's sums are its days'
+    /// sums, its distinct conversations, agents and models the distinct members (with a value)
+    /// of its days. The statistics compute the same in SQL.
+    pub fn to_rollups(&self) -> BTreeMap<RollupKey, Rollup> {
+        let mut sums: BTreeMap<RollupKey, Sums> = BTreeMap::new();
+        for ((user, day), s) in &self.days {
+            for period in Period::ALL {
+                sums.entry((user.clone(), period, period.bucket_of_day(*day)))
+                    .or_default()
+                    .merge(s);
+            }
+        }
+        let mut out: BTreeMap<RollupKey, Rollup> = sums
+            .iter()
+            .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (user, day, dimension, value) in self.members.keys() {
+            if value == NO_VALUE {
                 continue;
             }
             for period in Period::ALL {
-                out.insert((
-                    user.clone(),
-                    period,
-                    period.bucket_of_day(*day),
-                    *dimension,
-                    value.clone(),
-                ));
+                let key = (user.clone(), period, period.bucket_of_day(*day));
+                if !seen.insert((key.clone(), *dimension, value.clone())) {
+                    continue;
+                }
+                if let Some(r) = out.get_mut(&key) {
+                    match dimension {
+                        Dimension::Conversation => r.conversations += 1,
+                        Dimension::Agent => r.agents += 1,
+                        Dimension::Model => r.models += 1,
+                        Dimension::Prompt => {}
+                    }
+                }
             }
         }
         out
     }
-
-    /// The full rollups this delta amounts to, applied to nothing: sums, with distinct counts
-    /// from the members.
-    pub fn to_rollups(&self) -> BTreeMap<RollupKey, Rollup> {
-        self.rollups_and_distinct().0
-    }
-
-    /// [`Self::to_rollups`] and [`Self::distinct_members`], the second computed once for both.
-    pub fn rollups_and_distinct(&self) -> (BTreeMap<RollupKey, Rollup>, BTreeSet<MemberKey>) {
-        let distinct = self.distinct_members();
-        let mut out: BTreeMap<RollupKey, Rollup> = self
-            .rollups
-            .iter()
-            .map(|(key, s)| (key.clone(), Rollup::from_sums(s)))
-            .collect();
-        for (user, period, bucket, dimension, _) in &distinct {
-            if let Some(r) = out.get_mut(&(user.clone(), *period, *bucket)) {
-                match dimension {
-                    Dimension::Conversation => r.conversations += 1,
-                    Dimension::Agent => r.agents += 1,
-                    Dimension::Model => r.models += 1,
-                    Dimension::Prompt => {}
-                }
-            }
-        }
-        (out, distinct)
-    }
 }
 
 /// Folds many events into the [`RollupDelta`] that adding them one by one gives, several times
-/// faster (backfills and checks fold millions): ids are numbered once, sums are kept per day in
-/// hash maps, and weeks and months are added up from their days at the end.
+/// faster (backfills and checks fold millions): ids are numbered once and sums are kept in hash
+/// maps, sorted into the delta's maps once at the end.
 #[derive(Debug, Default)]
 pub struct DeltaBuilder {
     users: Names,
@@ -347,19 +334,10 @@ impl DeltaBuilder {
             days,
             members,
         } = self;
-        let mut rollups: BTreeMap<RollupKey, Sums> = BTreeMap::new();
-        for ((user, day), sums) in &days {
-            for period in Period::ALL {
-                rollups
-                    .entry((
-                        users.names[*user as usize].clone(),
-                        period,
-                        period.bucket_of_day(*day),
-                    ))
-                    .or_default()
-                    .merge(sums);
-            }
-        }
+        let days = days
+            .into_iter()
+            .map(|((user, day), sums)| ((users.names[user as usize].clone(), day), sums))
+            .collect();
         // Sorted by numbers that follow the names' order, the members go into the map in key
         // order (built in one pass, without comparing strings again).
         let (user_rank, value_rank) = (users.ranks(), values.ranks());
@@ -378,7 +356,6 @@ impl DeltaBuilder {
                 (
                     (
                         users.names[user as usize].clone(),
-                        Period::Day,
                         day,
                         dimension,
                         values.names[value as usize].clone(),
@@ -387,7 +364,7 @@ impl DeltaBuilder {
                 )
             })
             .collect();
-        RollupDelta { rollups, members }
+        RollupDelta { days, members }
     }
 }
 
@@ -454,10 +431,8 @@ pub fn rollups_of(events: &[EventFacts]) -> BTreeMap<RollupKey, Rollup> {
 }
 
 /// A day range cut into batches of at most `days` days, in order, covering it exactly. No batch
-/// crosses a month's end: a batch's rebuild reads the events of every week and month it
-/// touches, so a batch inside one month reads that month and the weeks at its edges, where one
-/// across two months would read both. With `days` ≥ 31 every batch is a calendar month (cut to
-/// the range at its ends).
+/// crosses a month's end, so a backfill's progress reads in calendar months; with `days` ≥ 31
+/// every batch is a calendar month (cut to the range at its ends).
 pub fn day_batches(from: NaiveDate, to: NaiveDate, days: u32) -> Vec<(NaiveDate, NaiveDate)> {
     let mut batches = Vec::new();
     let mut start = from;

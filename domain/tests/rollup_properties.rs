@@ -85,8 +85,8 @@ proptest! {
         prop_assert_eq!(rollups_of(&events), rollups);
     }
 
-    /// The aggregator's way: events folded batch by batch (any cut) into deltas that are added
-    /// up gives the same rollups as computing them from scratch.
+    /// The aggregator's way: events folded batch by batch (any cut) into day deltas that are
+    /// added up gives, for every period, the same rollups as computing them from scratch.
     #[test]
     fn deltas_in_any_batches_add_up_to_the_reference(
         events in proptest::collection::vec(event(), 0..80),

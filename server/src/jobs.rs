@@ -71,9 +71,9 @@ pub async fn nightly_rollup_check(ledger: Arc<SqlLedger>) {
 
 fn log_check(from: chrono::NaiveDate, to: chrono::NaiveDate, v: &Verification) {
     if v.matches() {
-        tracing::info!(%from, %to, events = v.events, rollups = v.rollups, "rollups verified: they match the ledger");
+        tracing::info!(%from, %to, events = v.events, days = v.days, "rollups verified: they match the ledger");
     } else {
-        tracing::warn!(%from, %to, differences = v.differences.len(), member_differences = v.member_differences.len(), repaired = v.repaired, "rollups differed from the ledger");
+        tracing::warn!(%from, %to, day_differences = v.day_differences.len(), member_differences = v.member_differences.len(), repaired = v.repaired, "rollups differed from the ledger");
     }
 }
 

@@ -225,12 +225,12 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     }
     let batches = domain::rollup::day_batches(args.range.from, args.range.to, args.batch_days);
     let mut events = 0u64;
-    let mut rollups = 0u64;
+    let mut days = 0u64;
     let mut changed = 0u64;
     for (n, (from, to)) in batches.iter().enumerate() {
         let rebuilt = ledger.rebuild_rollups(*from, *to).await?;
         events += rebuilt.events;
-        rollups += rebuilt.rollups;
+        days += rebuilt.days;
         changed += rebuilt.rows_changed;
         progress(
             n + 1,
@@ -241,7 +241,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     eprintln!();
     ledger.finish_take_over(args.range.from, &taken).await?;
     println!(
-        "rebuilt {rollups} rollups from {events} events in {:.1} s ({changed} rows written or deleted)",
+        "rebuilt {days} user-days from {events} events in {:.1} s ({changed} rows written or deleted)",
         started.elapsed().as_secs_f64()
     );
     let mut differences = 0;
@@ -251,12 +251,12 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     }
     if differences == 0 {
         println!(
-            "verified: every rollup from {} to {} matches the ledger",
+            "verified: every user's day from {} to {} matches the ledger",
             args.range.from, args.range.to
         );
         Ok(())
     } else {
-        Err(format!("{differences} rollups differ from the ledger").into())
+        Err(format!("{differences} stored days or day members differ from the ledger").into())
     }
 }
 
@@ -273,28 +273,23 @@ fn progress(done: usize, total: usize, label: &str) {
 
 /// Prints each difference; answers how many.
 fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
-    for d in &v.differences {
-        let show = |r: &Option<domain::rollup::Rollup>| match r {
-            Some(r) => format!(
-                "{} tokens, {} messages, {} picodollars",
-                r.total_tokens, r.messages, r.cost_picos
-            ),
-            None => "nothing".to_owned(),
-        };
+    let show = |s: &Option<domain::rollup::Sums>| match s {
+        Some(s) => format!(
+            "{} tokens, {} messages, {} picodollars",
+            s.total_tokens, s.messages, s.cost_picos
+        ),
+        None => "nothing".to_owned(),
+    };
+    for d in &v.day_differences {
         println!(
-            "DIFFERS {} {} {}: stored {}, ledger {}",
+            "DIFFERS {} day {}: stored {}, ledger {}",
             d.user_id,
-            d.period.as_str(),
-            d.bucket,
+            d.day,
             show(&d.stored),
             show(&d.expected)
         );
     }
     for d in &v.member_differences {
-        let show = |s: &Option<domain::rollup::Sums>| match s {
-            Some(s) => format!("{} tokens, {} messages", s.total_tokens, s.messages),
-            None => "nothing".to_owned(),
-        };
         let value = if d.value.is_empty() {
             "(none)"
         } else {
@@ -309,18 +304,7 @@ fn report_verification(v: &tokenmeter_server::store::Verification) -> usize {
             show(&d.expected)
         );
     }
-    for ((user, period, bucket, dimension, value), stored) in &v.distinct_differences {
-        let (where_, not) = if *stored {
-            ("stored", "not in the ledger")
-        } else {
-            ("in the ledger", "not stored")
-        };
-        println!(
-            "DIFFERS {user} {} {bucket} distinct {dimension:?} {value}: {where_}, {not}",
-            period.as_str()
-        );
-    }
-    v.differences.len() + v.member_differences.len() + v.distinct_differences.len()
+    v.day_differences.len() + v.member_differences.len()
 }
 
 async fn bench_data(args: BenchDataArgs) -> Result<(), BoxError> {
@@ -353,17 +337,20 @@ async fn verify_rollups(args: VerifyArgs) -> Result<(), BoxError> {
         .await?;
     let differences = report_verification(&v);
     println!(
-        "checked {} rollups over {} events from {} to {}",
-        v.rollups, v.events, args.range.from, args.range.to
+        "checked {} user-days over {} events from {} to {}",
+        v.days, v.events, args.range.from, args.range.to
     );
     if differences == 0 {
         println!("verified: the rollups match the ledger");
         Ok(())
     } else if v.repaired {
-        println!("repaired: {differences} rollups were rebuilt from the ledger");
+        println!("repaired: {differences} stored days or day members were rebuilt from the ledger");
         Ok(())
     } else {
-        Err(format!("{differences} rollups differ from the ledger (run with --repair)").into())
+        Err(format!(
+            "{differences} stored days or day members differ from the ledger (run with --repair)"
+        )
+        .into())
     }
 }
 

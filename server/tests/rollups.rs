@@ -1,5 +1,6 @@
-//! Usage rollups and statistics on SQLite and a real Postgres: the stored rollups equal the
-//! reference sums over the ledger for random event streams (retries, restarts, any batching),
+//! Usage rollups and statistics on SQLite and a real Postgres: the stored days, made into every
+//! period's rollups by the statistics, equal the reference sums over the ledger for random
+//! event streams (retries, restarts, any batching),
 //! the nightly check finds and repairs differences and catches up missed days, a backfill run
 //! twice equals once, and the stats API and CSV export answer what the reference says, to whom
 //! they may.
@@ -13,12 +14,13 @@ use app::service::Services;
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use domain::api::CreateApiKeyBody;
 use domain::rollup::{EventFacts, Period, Rollup, RollupKey, rollups_of};
-use domain::stats::{StatsParams, stats_of_events};
-use domain::{IdempotencyKey, ModelName, RecordUsage, UsageContext, UsageSource, UserId};
+use domain::stats::{GroupBy, StatsParams, StatsQuery, StatsScope, StatsSortKey, stats_of_events};
+use domain::{
+    IdempotencyKey, ModelName, RecordUsage, SortDirection, UsageContext, UsageSource, UserId,
+};
 use proptest::prelude::*;
 use reqwest::Client;
 use serde_json::{Value, json};
-use sqlx::Row;
 use tokenmeter_server::store::{Db, SqlLedger, WriterConfig};
 
 /// One event as a test sends it; `facts` is what the rollups must see of it.
@@ -147,43 +149,51 @@ fn stream() -> impl Strategy<Value = (Vec<Spec>, Vec<usize>, Vec<usize>, Vec<i64
         })
 }
 
-/// Every stored rollup.
-async fn stored_rollups(db: &Db) -> BTreeMap<RollupKey, Rollup> {
-    let rows = sqlx::query(
-        "SELECT account_id, period, bucket, input_tokens, output_tokens, total_tokens, cost_picos, \
-         messages, conversations, agents, models, last_activity_at FROM usage_rollup",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    rows.iter()
-        .map(|row| {
-            let n = |c: &str| row.try_get::<i64, _>(c).unwrap() as u64;
-            let last: Option<i64> = row.try_get("last_activity_at").unwrap();
-            (
-                (
-                    row.try_get::<String, _>("account_id").unwrap(),
-                    Period::parse(&row.try_get::<String, _>("period").unwrap()).unwrap(),
-                    NaiveDate::parse_from_str(
-                        &row.try_get::<String, _>("bucket").unwrap(),
-                        "%Y-%m-%d",
-                    )
-                    .unwrap(),
-                ),
-                Rollup {
-                    input_tokens: n("input_tokens"),
-                    output_tokens: n("output_tokens"),
-                    total_tokens: n("total_tokens"),
-                    cost_picos: n("cost_picos"),
-                    messages: n("messages"),
-                    conversations: n("conversations"),
-                    agents: n("agents"),
-                    models: n("models"),
-                    last_activity: last.map(|us| Utc.timestamp_micros(us).unwrap()),
-                },
-            )
-        })
-        .collect()
+/// Every user's rollups of every period, as the statistics make them from the stored days
+/// (a week's and a month's from their days).
+async fn stored_rollups(ledger: &SqlLedger) -> BTreeMap<RollupKey, Rollup> {
+    let users: Vec<String> = sqlx::query_scalar("SELECT DISTINCT account_id FROM usage_day")
+        .fetch_all(&ledger.db().pool)
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for user in users {
+        for period in Period::ALL {
+            let query = StatsQuery {
+                scope: None,
+                from: NaiveDate::from_ymd_opt(2025, 6, 1).unwrap(),
+                to: NaiveDate::from_ymd_opt(2027, 6, 30).unwrap(),
+                period,
+                model: None,
+                group_by: GroupBy::of_period(period),
+                sort: StatsSortKey::Key,
+                direction: SortDirection::Asc,
+                page: 1,
+                page_size: u32::MAX,
+            };
+            let scope = StatsScope::User(UserId::parse(&user).unwrap());
+            let answer = app::ports::Ledger::usage_stats(ledger, &query, &scope)
+                .await
+                .unwrap();
+            for row in answer.rows {
+                let bucket =
+                    NaiveDate::parse_from_str(row.key.as_deref().unwrap(), "%Y-%m-%d").unwrap();
+                let rollup = Rollup {
+                    input_tokens: row.input_tokens,
+                    output_tokens: row.output_tokens,
+                    total_tokens: row.total_tokens,
+                    cost_picos: row.cost_picos,
+                    messages: row.messages,
+                    conversations: row.conversations.unwrap(),
+                    agents: row.agents.unwrap(),
+                    models: row.models.unwrap(),
+                    last_activity: row.last_activity_at,
+                };
+                out.insert((user.clone(), period, bucket), rollup);
+            }
+        }
+    }
+    out
 }
 
 async fn open(url: &str) -> Arc<SqlLedger> {
@@ -265,7 +275,7 @@ fn check_random_stream(
     runtime().block_on(async move {
         let ledger = record_stream(&db.url, &specs, &order, &chunks, &limits).await;
         let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
-        let stored = stored_rollups(ledger.db()).await;
+        let stored = stored_rollups(&ledger).await;
         prop_assert_eq!(stored, expected);
         Ok(())
     })
@@ -393,11 +403,11 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
         .await
         .unwrap();
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
-    assert_ne!(stored_rollups(ledger.db()).await, expected);
+    assert_ne!(stored_rollups(&ledger).await, expected);
     let (checked_from, check) = ledger.nightly_check(yesterday).await.unwrap().unwrap();
     assert_eq!(checked_from, from);
     assert!(check.repaired && !check.matches(), "{check:?}");
-    assert_eq!(stored_rollups(ledger.db()).await, expected);
+    assert_eq!(stored_rollups(&ledger).await, expected);
     assert!(matches_ledger(&ledger, from, yesterday).await);
 
     // Nothing pending: nothing to take over.
@@ -413,7 +423,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     ledger.finish_take_over(from, &taken).await.unwrap();
     assert_eq!(verified_through(&ledger).await, Some(yesterday.to_string()));
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
-    assert_eq!(stored_rollups(ledger.db()).await, expected);
+    assert_eq!(stored_rollups(&ledger).await, expected);
     assert!(matches_ledger(&ledger, from, yesterday).await);
 }
 
@@ -429,34 +439,30 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         .await
         .unwrap();
     let broken = yesterday - Days::new(2);
-    sqlx::query("UPDATE usage_rollup SET total_tokens = total_tokens + 5 WHERE period = 'day' AND bucket = $1 AND account_id = 'u0'")
-        .bind(broken.to_string())
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM usage_rollup_member WHERE period = 'day' AND bucket = $1 AND account_id = 'u1' AND dimension = 'c'")
-        .bind(broken.to_string())
-        .execute(pool)
-        .await
-        .unwrap();
-    // And the conversations u1 had that week, as if never seen (statistics count these rows).
-    let week = Period::Week.bucket_of_day(broken);
-    let lost_week_conversations = sqlx::query("DELETE FROM usage_rollup_distinct WHERE period = 'week' AND bucket = $1 AND account_id = 'u1' AND dimension = 'c'")
-        .bind(week.to_string())
-        .execute(pool)
-        .await
-        .unwrap()
-        .rows_affected();
-    assert!(lost_week_conversations > 0);
+    sqlx::query(
+        "UPDATE usage_day SET total_tokens = total_tokens + 5 WHERE day = $1 AND account_id = 'u0'",
+    )
+    .bind(broken.to_string())
+    .execute(pool)
+    .await
+    .unwrap();
+    // u1's conversations of that day, as if never seen: the week's and the month's distinct
+    // conversations are counted from these rows.
+    sqlx::query(
+        "DELETE FROM usage_day_member WHERE day = $1 AND account_id = 'u1' AND dimension = 'c'",
+    )
+    .bind(broken.to_string())
+    .execute(pool)
+    .await
+    .unwrap();
+    let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
+    assert_ne!(stored_rollups(&ledger).await, expected);
     // A check of the day before the broken one alone finds nothing.
     let clean = ledger
         .verify_rollups(broken - Days::new(1), broken - Days::new(1), false)
         .await
         .unwrap();
-    assert!(
-        clean.differences.iter().all(|d| d.period != Period::Day),
-        "{clean:?}"
-    );
+    assert!(clean.matches(), "{clean:?}");
 
     let (from, found) = ledger
         .nightly_check(yesterday)
@@ -469,18 +475,12 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         "the missed days are checked"
     );
     assert!(found.repaired);
-    let day_differences: Vec<_> = found
-        .differences
-        .iter()
-        .filter(|d| d.period == Period::Day)
-        .collect();
-    assert_eq!(day_differences.len(), 1, "{found:?}");
+    assert_eq!(found.day_differences.len(), 1, "{found:?}");
+    let wrong = &found.day_differences[0];
+    assert_eq!((wrong.user_id.as_str(), wrong.day), ("u0", broken));
     assert_eq!(
-        (
-            day_differences[0].user_id.as_str(),
-            day_differences[0].bucket
-        ),
-        ("u0", broken)
+        wrong.stored.unwrap().total_tokens,
+        wrong.expected.unwrap().total_tokens + 5
     );
     // u1's lost conversation members (all of that day's) are found too: groupings by
     // conversation and distinct counts read members.
@@ -495,23 +495,6 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         lost_conversations.len(),
         "{found:?}"
     );
-    assert_eq!(
-        found.distinct_differences.len() as u64,
-        lost_week_conversations,
-        "{found:?}"
-    );
-    for ((user, period, bucket, dimension, _), stored) in &found.distinct_differences {
-        assert_eq!(
-            (user.as_str(), *period, *bucket, *dimension, *stored),
-            (
-                "u1",
-                Period::Week,
-                week,
-                domain::rollup::Dimension::Conversation,
-                false
-            )
-        );
-    }
     for lost in &found.member_differences {
         assert_eq!(
             (lost.user_id.as_str(), lost.day, lost.dimension),
@@ -520,7 +503,7 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
         assert!(lost.stored.is_none() && lost.expected.is_some(), "{lost:?}");
     }
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
-    assert_eq!(stored_rollups(ledger.db()).await, expected);
+    assert_eq!(stored_rollups(&ledger).await, expected);
     assert!(matches_ledger(&ledger, yesterday - Days::new(9), yesterday).await);
     // Done for today: the next run has nothing to check.
     assert!(ledger.nightly_check(yesterday).await.unwrap().is_none());
@@ -530,7 +513,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     let (ledger, specs, yesterday) = ten_days(&db.url).await;
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
     // Start from nothing, as on a database that predates rollups.
-    for table in ["usage_rollup", "usage_rollup_member"] {
+    for table in ["usage_day", "usage_day_member"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
             .execute(&ledger.db().pool)
             .await
@@ -539,46 +522,54 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     let from = yesterday - Days::new(9);
     let first = ledger.rebuild_rollups(from, yesterday).await.unwrap();
     assert_eq!(first.events as usize, specs.len());
-    let once = stored_rollups(ledger.db()).await;
+    let once = stored_rollups(&ledger).await;
     assert_eq!(once, expected);
-    assert!(first.rows_changed >= expected.len() as u64, "{first:?}");
+    let days = expected
+        .keys()
+        .filter(|(_, p, _)| *p == Period::Day)
+        .count() as u64;
+    assert_eq!(first.days, days, "{first:?}");
+    // Each day, and its conversations, models, "no agent" and "no prompt".
+    assert!(first.rows_changed >= days * 5, "{first:?}");
     // The second time everything is already right: nothing is written.
     let second = ledger.rebuild_rollups(from, yesterday).await.unwrap();
     assert_eq!(second.rows_changed, 0, "{second:?}");
-    assert_eq!(stored_rollups(ledger.db()).await, once);
+    assert_eq!(stored_rollups(&ledger).await, once);
     // Rebuilding part of the range changes nothing either.
     let part = ledger
         .rebuild_rollups(yesterday - Days::new(3), yesterday - Days::new(2))
         .await
         .unwrap();
     assert_eq!(part.rows_changed, 0, "{part:?}");
-    assert_eq!(stored_rollups(ledger.db()).await, once);
-    // Rows the ledger does not back (a member and a distinct value) are deleted, nothing else.
+    assert_eq!(stored_rollups(&ledger).await, once);
+    // Rows the ledger does not back (a member, and a day of a user without events that day)
+    // are deleted, nothing else.
     let user = specs[0].user.as_str();
     let day = specs[0].at.date_naive().to_string();
     sqlx::query(
-        "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, input_tokens, \
+        "INSERT INTO usage_day_member (account_id, day, dimension, value, input_tokens, \
          output_tokens, total_tokens, cost_picos, messages, last_activity_at) \
-         VALUES ($1, 'day', $2, 'm', 'ghost-model', 1, 1, 2, 0, 1, NULL)",
+         VALUES ($1, $2, 'm', 'ghost-model', 1, 1, 2, 0, 1, NULL)",
     )
     .bind(user)
     .bind(&day)
     .execute(&ledger.db().pool)
     .await
     .unwrap();
+    make_users(&ledger, &["idle"]).await;
     sqlx::query(
-        "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
-         VALUES ($1, 'day', $2, 'c', 'ghost-conversation')",
+        "INSERT INTO usage_day (account_id, day, input_tokens, output_tokens, total_tokens, \
+         cost_picos, messages, last_activity_at) VALUES ('idle', $1, 5, 0, 5, 0, 1, NULL)",
     )
-    .bind(user)
     .bind(&day)
     .execute(&ledger.db().pool)
     .await
     .unwrap();
+    assert_ne!(stored_rollups(&ledger).await, once);
     let cleaned = ledger.rebuild_rollups(from, yesterday).await.unwrap();
     assert_eq!(cleaned.rows_changed, 2, "{cleaned:?}");
     assert!(matches_ledger(&ledger, from, yesterday).await);
-    assert_eq!(stored_rollups(ledger.db()).await, once);
+    assert_eq!(stored_rollups(&ledger).await, once);
     // New events after a rebuild are still added exactly once by the aggregator.
     let late = record_copy(&ledger, &specs[0], "late", None).await;
     // Until the aggregator runs, the late event is pending, as old as it is.
@@ -596,7 +587,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     assert_eq!((done.pending_events, done.lag_ms), (0, 0), "{done:?}");
     let mut all: Vec<_> = specs.iter().map(Spec::facts).collect();
     all.push(late.facts());
-    assert_eq!(stored_rollups(ledger.db()).await, rollups_of(&all));
+    assert_eq!(stored_rollups(&ledger).await, rollups_of(&all));
 }
 
 macro_rules! on_both_databases {
@@ -650,10 +641,14 @@ fn backfill_command_rebuilds_and_verifies() {
         "7",
     ];
     let first = common::cli(&db.url, &args);
-    assert!(first.contains("from 60 events"), "{first}");
-    assert!(first.contains("verified: every rollup"), "{first}");
+    assert!(
+        first.contains("rebuilt 20 user-days from 60 events"),
+        "{first}"
+    );
+    assert!(first.contains("verified: every user's day"), "{first}");
     let second = common::cli(&db.url, &args);
-    assert!(second.contains("verified: every rollup"), "{second}");
+    assert!(second.contains("(0 rows written or deleted)"), "{second}");
+    assert!(second.contains("verified: every user's day"), "{second}");
     let verify = common::cli(&db.url, &["verify-rollups", "--from", &from, "--to", &to]);
     assert!(verify.contains("the rollups match the ledger"), "{verify}");
 }

@@ -27,7 +27,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use rollups::{
-    AGGREGATE_BATCH, Cursor, MemberDifference, Rebuilt, RollupDifference, TakenOver, Verification,
+    AGGREGATE_BATCH, Cursor, DayDifference, MemberDifference, Rebuilt, TakenOver, Verification,
 };
 pub use usage::{LedgerAudit, WriterConfig};
 
@@ -371,7 +371,7 @@ impl SqlLedger {
         rollups::restore_verified_through(&self.db, from, taken).await
     }
 
-    /// Makes the rollups of every bucket the day range touches what the ledger says, writing
+    /// Makes the stored days (and day members) of the day range what the ledger says, writing
     /// only what differs (one transaction).
     pub async fn rebuild_rollups(
         &self,
@@ -381,7 +381,7 @@ impl SqlLedger {
         rollups::rebuild(&self.db, from, to).await
     }
 
-    /// Checks the rollups of the buckets the day range touches against the ledger; with
+    /// Checks the stored days (and day members) of the day range against the ledger; with
     /// `repair`, makes the differing ones what the ledger says.
     pub async fn verify_rollups(
         &self,

@@ -1,10 +1,12 @@
-//! Usage rollups: kept current from the ledger by an incremental aggregator, verified against it
-//! and rebuilt from it; and the statistics read from them.
+//! Usage rollups: each user's days (and each day's conversations, agents, models and prompts)
+//! kept current from the ledger by an incremental aggregator, verified against it and rebuilt
+//! from it; and the statistics, which make weeks and months of the days when asked.
 //!
 //! **Exactness.** The aggregator reads new ledger events after its cursor, folds them into one
-//! [`RollupDelta`], adds the delta to the rollups and moves the cursor, all in one transaction:
-//! each event is added exactly once, whatever crashes or restarts. Rollups therefore always equal
-//! the ledger's events up to the cursor, which rebuilds and verification use too.
+//! [`RollupDelta`], adds the delta to the stored days and moves the cursor, all in one
+//! transaction: each event is added exactly once, whatever crashes or restarts. The stored days
+//! therefore always equal the ledger's events up to the cursor, which rebuilds and
+//! verification use too.
 //!
 //! **Order.** On SQLite one writer commits at a time and event ids grow in commit order, so the
 //! cursor is the last event id. On Postgres several writers (and replicas) commit in any order,
@@ -12,13 +14,12 @@
 //! (writing transaction, id) order and only from transactions older than every one still
 //! running (`pg_snapshot_xmin`), so no event can appear behind the cursor later.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use app::ports::LedgerError;
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::rollup::{
-    DeltaBuilder, Dimension, EventFacts, MemberKey, NO_VALUE, Period, Rollup, RollupDelta,
-    RollupKey, Sums,
+    DayKey, DeltaBuilder, Dimension, EventFacts, MemberKey, NO_VALUE, Period, RollupDelta, Sums,
 };
 use domain::stats::{
     EventRow, StatsAnswer, StatsQuery, StatsRow, StatsScope, StatsSummary, day_start_micros,
@@ -142,7 +143,7 @@ async fn fold_and_advance(
     delta: &RollupDelta,
     next: Cursor,
 ) -> Result<(), sqlx::Error> {
-    apply_delta(tx, dialect, delta, &delta.distinct_members()).await?;
+    apply_delta(tx, dialect, delta).await?;
     sqlx::query(ADVANCE_CURSOR_SQL)
         .bind(next.tx)
         .bind(next.event_id)
@@ -246,7 +247,7 @@ async fn aggregate_step_sqlite(
                     // what was read may be folded already. The next step reads again.
                     return Ok(false);
                 }
-                apply_delta_sqlite(&tx, &delta, &delta.distinct_members())?;
+                apply_delta_sqlite(&tx, &delta)?;
                 tx.execute(
                     ADVANCE_CURSOR_SQL,
                     rusqlite::params![0, last_event_id, micros(Utc::now()), CURSOR],
@@ -504,32 +505,36 @@ const SUM_COLUMNS: [&str; 5] = [
     "messages",
 ];
 
-fn sum_values(s: &Sums) -> [i64; 5] {
-    [
-        s.input_tokens as i64,
-        s.output_tokens as i64,
-        s.total_tokens as i64,
-        s.cost_picos as i64,
-        s.messages as i64,
-    ]
-}
+/// Every value column of `usage_day` and `usage_day_member`: the sums, then the last activity.
+const VALUE_COLUMNS: [&str; 6] = [
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_picos",
+    "messages",
+    "last_activity_at",
+];
+const DAY_KEYS: [&str; 2] = ["account_id", "day"];
+const MEMBER_KEYS: [&str; 4] = ["account_id", "day", "dimension", "value"];
 
-/// Rows per multi-row upsert (11 parameters at most each).
+/// Rows per multi-row upsert (10 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
 
-/// The statements that add a delta to the stored rollups, for `rows` rows each: the distinct
-/// members first (`DO NOTHING`, answering the new ones), then the rollups' and the day members'
-/// sums (added to what is stored).
+/// The statements that add a delta to the stored days and day members, for `rows` rows each:
+/// the sums are added to what is stored.
 struct DeltaSql {
-    distinct: String,
-    rollups: String,
+    days: String,
     members: String,
 }
 
 impl DeltaSql {
     fn new(dialect: Dialect, rows: usize) -> Self {
-        let additions = |table: &str, columns: &[&str]| {
-            columns
+        let upsert = |table: &str, keys: &[&str]| {
+            let width = keys.len() + VALUE_COLUMNS.len();
+            let tuples: Vec<String> = (0..rows)
+                .map(|n| format!("({})", placeholders(n * width + 1, width)))
+                .collect();
+            let additions: Vec<String> = SUM_COLUMNS
                 .iter()
                 .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
                 .chain(std::iter::once(format!(
@@ -540,454 +545,27 @@ impl DeltaSql {
                         "excluded.last_activity_at"
                     )
                 )))
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            many_parameters(
+                dialect,
+                format!(
+                    "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+                    keys.join(", "),
+                    VALUE_COLUMNS.join(", "),
+                    tuples.join(", "),
+                    keys.join(", "),
+                    additions.join(", ")
+                ),
+            )
         };
-        let tuples = |width: usize| {
-            (0..rows)
-                .map(|n| format!("({})", placeholders(n * width + 1, width)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let added: Vec<&str> = SUM_COLUMNS.iter().chain(&COUNT_COLUMNS).copied().collect();
         Self {
-            distinct: many_parameters(
-                dialect,
-                format!(
-                    "INSERT INTO usage_rollup_distinct (account_id, period, bucket, dimension, value) \
-                     VALUES {} ON CONFLICT (account_id, period, bucket, dimension, value) DO NOTHING \
-                     RETURNING account_id, period, bucket, dimension",
-                    tuples(5)
-                ),
-            ),
-            rollups: many_parameters(
-                dialect,
-                format!(
-                    "INSERT INTO usage_rollup (account_id, period, bucket, {}, last_activity_at, {}) \
-                     VALUES {} ON CONFLICT (account_id, period, bucket) DO UPDATE SET {}",
-                    SUM_COLUMNS.join(", "),
-                    COUNT_COLUMNS.join(", "),
-                    tuples(12),
-                    additions("usage_rollup", &added)
-                ),
-            ),
-            members: many_parameters(
-                dialect,
-                format!(
-                    "INSERT INTO usage_rollup_member (account_id, period, bucket, dimension, value, {}, \
-                     last_activity_at) VALUES {} \
-                     ON CONFLICT (account_id, period, bucket, dimension, value) DO UPDATE SET {}",
-                    SUM_COLUMNS.join(", "),
-                    tuples(11),
-                    additions("usage_rollup_member", &SUM_COLUMNS)
-                ),
-            ),
+            days: upsert("usage_day", &DAY_KEYS),
+            members: upsert("usage_day_member", &MEMBER_KEYS),
         }
     }
 }
 
-const COUNT_COLUMNS: [&str; 3] = ["conversations", "agents", "models"];
-
-/// A distinct member's row for [`DeltaSql::distinct`].
-fn distinct_row((user, period, bucket, dimension, value): &MemberKey) -> [SqlValue; 5] {
-    [
-        SqlValue::Text(user.clone()),
-        SqlValue::Text(period.as_str().to_owned()),
-        SqlValue::Text(bucket.to_string()),
-        SqlValue::Text(dimension.code().to_owned()),
-        SqlValue::Text(value.clone()),
-    ]
-}
-
-/// A rollup's row for [`DeltaSql::rollups`]: its sums and how many distinct members are new.
-fn rollup_addition_row(
-    (user, period, bucket): &RollupKey,
-    sums: &Sums,
-    new: [i64; 3],
-) -> Vec<SqlValue> {
-    let key = [user.clone(), period.as_str().to_owned(), bucket.to_string()];
-    key.into_iter()
-        .map(SqlValue::Text)
-        .chain(sum_values(sums).map(|v| SqlValue::Int(Some(v))))
-        .chain([SqlValue::Int(sums.last_activity.map(micros))])
-        .chain(new.map(|v| SqlValue::Int(Some(v))))
-        .collect()
-}
-
-/// A day member's row for [`DeltaSql::members`].
-fn member_addition_row(
-    (user, period, bucket, dimension, value): &MemberKey,
-    sums: &Sums,
-) -> Vec<SqlValue> {
-    let key = [
-        user.clone(),
-        period.as_str().to_owned(),
-        bucket.to_string(),
-        dimension.code().to_owned(),
-        value.clone(),
-    ];
-    key.into_iter()
-        .map(SqlValue::Text)
-        .chain(sum_values(sums).map(|v| SqlValue::Int(Some(v))))
-        .chain([SqlValue::Int(sums.last_activity.map(micros))])
-        .collect()
-}
-
-/// Where a new distinct member counts: conversations, agents or models.
-fn distinct_slot(dimension: Dimension) -> Option<usize> {
-    match dimension {
-        Dimension::Conversation => Some(0),
-        Dimension::Agent => Some(1),
-        Dimension::Model => Some(2),
-        _ => None,
-    }
-}
-
-fn bind_values<'q>(
-    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    values: impl IntoIterator<Item = &'q SqlValue>,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    for value in values {
-        query = match value {
-            SqlValue::Text(s) => query.bind(s.as_str()),
-            SqlValue::Int(i) => query.bind(*i),
-        };
-    }
-    query
-}
-
-/// Adds a delta to the stored rollups and members. `distinct` holds the conversations, agents
-/// and models each touched rollup has in the delta (`RollupDelta::distinct_members`; for a
-/// rebuild, those of whole weeks and months): the ones the rollup has not seen before raise its
-/// distinct counts, in the same upsert that adds its sums.
-async fn apply_delta(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    delta: &RollupDelta,
-    distinct: &BTreeSet<MemberKey>,
-) -> Result<(), sqlx::Error> {
-    let raised = insert_distinct(tx, dialect, distinct).await?;
-    let rollups: Vec<Vec<SqlValue>> = delta
-        .rollups
-        .iter()
-        .map(|(key, sums)| {
-            rollup_addition_row(key, sums, raised.get(key).copied().unwrap_or_default())
-        })
-        .collect();
-    let members: Vec<Vec<SqlValue>> = delta
-        .members
-        .iter()
-        .map(|(key, sums)| member_addition_row(key, sums))
-        .collect();
-    type Statement = fn(DeltaSql) -> String;
-    let tables: [(&Vec<Vec<SqlValue>>, Statement); 2] =
-        [(&rollups, |s| s.rollups), (&members, |s| s.members)];
-    for (rows, sql) in tables {
-        for chunk in rows.chunks(UPSERT_CHUNK) {
-            let sql = sql(DeltaSql::new(dialect, chunk.len()));
-            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// [`apply_delta`] with rusqlite, one prepared statement per table, in the caller's transaction.
-fn apply_delta_sqlite(
-    conn: &rusqlite::Connection,
-    delta: &RollupDelta,
-    distinct: &BTreeSet<MemberKey>,
-) -> Result<(), sqlx::Error> {
-    let sql = DeltaSql::new(Dialect::Sqlite, 1);
-    let mut raised: HashMap<&RollupKey, [i64; 3]> = HashMap::new();
-    {
-        let mut statement = conn.prepare(&sql.distinct).map_err(read_error)?;
-        for key in distinct {
-            let mut rows = statement.query(distinct_row(key)).map_err(read_error)?;
-            if rows.next().map_err(read_error)?.is_some()
-                && let Some(slot) = distinct_slot(key.3)
-                && let Some((rollup, _)) =
-                    delta.rollups.get_key_value(&(key.0.clone(), key.1, key.2))
-            {
-                raised.entry(rollup).or_default()[slot] += 1;
-            }
-        }
-    }
-    let mut statement = conn.prepare(&sql.rollups).map_err(read_error)?;
-    for (key, sums) in &delta.rollups {
-        let row = rollup_addition_row(key, sums, raised.get(key).copied().unwrap_or_default());
-        statement
-            .execute(rusqlite::params_from_iter(&row))
-            .map_err(read_error)?;
-    }
-    let mut statement = conn.prepare(&sql.members).map_err(read_error)?;
-    for (key, sums) in &delta.members {
-        statement
-            .execute(rusqlite::params_from_iter(&member_addition_row(key, sums)))
-            .map_err(read_error)?;
-    }
-    Ok(())
-}
-
-/// Stores the distinct members a rollup has not seen before; answers, per rollup, how many new
-/// conversations, agents and models that was.
-async fn insert_distinct(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    distinct: &BTreeSet<MemberKey>,
-) -> Result<BTreeMap<RollupKey, [i64; 3]>, sqlx::Error> {
-    let rows: Vec<[SqlValue; 5]> = distinct.iter().map(distinct_row).collect();
-    let mut raised: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
-    for chunk in rows.chunks(UPSERT_CHUNK) {
-        let sql = DeltaSql::new(dialect, chunk.len()).distinct;
-        let query = bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten());
-        for row in query.fetch_all(&mut **tx).await? {
-            let bad = || sqlx::Error::Decode("usage_rollup_distinct has a bad row".into());
-            let period = Period::parse(&row.try_get::<String, _>("period")?).map_err(|_| bad())?;
-            let bucket =
-                NaiveDate::parse_from_str(&row.try_get::<String, _>("bucket")?, "%Y-%m-%d")
-                    .map_err(|_| bad())?;
-            let slot = Dimension::from_code(&row.try_get::<String, _>("dimension")?)
-                .and_then(distinct_slot)
-                .ok_or_else(bad)?;
-            raised
-                .entry((row.try_get("account_id")?, period, bucket))
-                .or_default()[slot] += 1;
-        }
-    }
-    Ok(raised)
-}
-
-/// For each period, the buckets a day range touches: the first and the last.
-fn bucket_ranges(from: NaiveDate, to: NaiveDate) -> Vec<(Period, NaiveDate, NaiveDate)> {
-    Period::ALL
-        .iter()
-        .map(|p| (*p, p.bucket_of_day(from), p.bucket_of_day(to)))
-        .collect()
-}
-
-/// The days whose events make up every bucket the range touches.
-fn covered_days(from: NaiveDate, to: NaiveDate) -> (NaiveDate, NaiveDate) {
-    let ranges = bucket_ranges(from, to);
-    let start = ranges
-        .iter()
-        .map(|(_, first, _)| *first)
-        .min()
-        .unwrap_or(from);
-    let end = ranges
-        .iter()
-        .map(|(p, _, last)| p.last_day(*last))
-        .max()
-        .unwrap_or(to);
-    (start, end)
-}
-
-/// What the ledger's processed events give for every bucket a day range touches, computed from
-/// scratch.
-struct Expected {
-    /// What writes them into emptied buckets: the sums, and the members of the range's days.
-    delta: RollupDelta,
-    /// The distinct conversations, agents and models of every touched rollup (whole weeks and
-    /// months).
-    distinct: BTreeSet<MemberKey>,
-    rollups: BTreeMap<RollupKey, Rollup>,
-    /// How many of the events read fall in the range itself.
-    events: u64,
-}
-
-/// The ledger's processed events (up to the cursor) of every day the range's buckets cover:
-/// `$1` is the first day's start, `$2` the end (see [`covered_bounds`]).
-fn covered_events_sql(dialect: Dialect, cursor: Cursor) -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
-        processed_condition(dialect, cursor)
-    )
-}
-
-/// The time bounds (microseconds) of the days whose events make up every bucket the range
-/// touches.
-fn covered_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
-    let (start, end) = covered_days(from, to);
-    (
-        day_start_micros(start),
-        day_start_micros(end.succ_opt().unwrap_or(end)),
-    )
-}
-
-/// Folds the events of [`covered_events_sql`] into what the ledger says for a range.
-struct ExpectedFold {
-    from: NaiveDate,
-    to: NaiveDate,
-    events_by_day: DeltaBuilder,
-    events: u64,
-}
-
-impl ExpectedFold {
-    fn new(from: NaiveDate, to: NaiveDate) -> Self {
-        Self {
-            from,
-            to,
-            events_by_day: DeltaBuilder::default(),
-            events: 0,
-        }
-    }
-
-    fn add(&mut self, facts: &EventFacts) {
-        let day = facts.at.date_naive();
-        if day >= self.from && day <= self.to {
-            self.events += 1;
-        }
-        self.events_by_day.add(facts);
-    }
-
-    fn finish(self) -> Expected {
-        let Self {
-            from,
-            to,
-            events_by_day,
-            events,
-        } = self;
-        let mut delta = events_by_day.finish();
-        // Keep only the buckets the range touches (the covered days reach into others).
-        let ranges = bucket_ranges(from, to);
-        let inside = |period: Period, bucket: NaiveDate| {
-            ranges
-                .iter()
-                .any(|(p, first, last)| *p == period && bucket >= *first && bucket <= *last)
-        };
-        // The whole rollups (distinct counts need every day of a week or month), then the delta.
-        let (mut rollups, mut distinct) = delta.rollups_and_distinct();
-        rollups.retain(|(_, p, b), _| inside(*p, *b));
-        distinct.retain(|(_, p, b, _, _)| inside(*p, *b));
-        delta.rollups.retain(|(_, p, b), _| inside(*p, *b));
-        delta.members.retain(|(_, p, b, _, _), _| inside(*p, *b));
-        Expected {
-            delta,
-            distinct,
-            rollups,
-            events,
-        }
-    }
-}
-
-/// What a rebuild did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rebuilt {
-    pub events: u64,
-    pub rollups: u64,
-    /// Rows (rollups, day members, distinct values) written or deleted because they were not
-    /// what the ledger says: 0 when the range was already right.
-    pub rows_changed: u64,
-}
-
-/// Makes the rollups of every bucket the day range touches what the ledger says, in one
-/// transaction: compares them with the ledger and writes only what differs, so a range that is
-/// already right costs one read. Running it twice gives the same rollups as once.
-pub(super) async fn rebuild(
-    db: &Db,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Rebuilt, LedgerError> {
-    let db = db.clone();
-    detached(async move {
-        let _turn = db.write_turn().await;
-        if let Some(file) = &db.sqlite_file {
-            let (found, rows_changed) = file
-                .write(move |conn| repair_sqlite(conn, from, to))
-                .await?;
-            return Ok(Rebuilt {
-                events: found.events,
-                rollups: found.rollups,
-                rows_changed,
-            });
-        }
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_write(db.dialect, &mut conn).await?;
-        let cursor = lock_cursor(&mut tx, db.dialect)
-            .await
-            .map_err(ledger_error)?;
-        let found = compare(&mut tx, db.dialect, cursor, from, to).await?;
-        let rows_changed = write_differences(&mut tx, db.dialect, &found)
-            .await
-            .map_err(ledger_error)?;
-        tx.commit().await.map_err(ledger_error)?;
-        Ok(Rebuilt {
-            events: found.events,
-            rollups: found.rollups,
-            rows_changed,
-        })
-    })
-    .await
-}
-
-/// `INSERT … ON CONFLICT (keys) DO UPDATE SET` every value column to the new row's: the stored
-/// row becomes exactly the given one.
-fn replace_rows_sql(
-    dialect: Dialect,
-    table: &str,
-    keys: &[&str],
-    values: &[&str],
-    rows: usize,
-) -> String {
-    let width = keys.len() + values.len();
-    let tuples: Vec<String> = (0..rows)
-        .map(|n| format!("({})", placeholders(n * width + 1, width)))
-        .collect();
-    let on_conflict = if values.is_empty() {
-        "DO NOTHING".to_owned()
-    } else {
-        let set: Vec<String> = values
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect();
-        format!("DO UPDATE SET {}", set.join(", "))
-    };
-    let columns: Vec<&str> = keys.iter().chain(values).copied().collect();
-    many_parameters(
-        dialect,
-        format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) {on_conflict}",
-            columns.join(", "),
-            tuples.join(", "),
-            keys.join(", ")
-        ),
-    )
-}
-
-/// `DELETE` of one row by its whole key.
-fn delete_row_sql(table: &str, keys: &[&str]) -> String {
-    let conditions: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .map(|(n, c)| format!("{c} = ${}", n + 1))
-        .collect();
-    format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "))
-}
-
-const ROLLUP_KEYS: [&str; 3] = ["account_id", "period", "bucket"];
-const MEMBER_KEYS: [&str; 5] = ["account_id", "period", "bucket", "dimension", "value"];
-const ROLLUP_VALUES: [&str; 9] = [
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost_picos",
-    "messages",
-    "conversations",
-    "agents",
-    "models",
-    "last_activity_at",
-];
-const MEMBER_VALUES: [&str; 6] = [
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost_picos",
-    "messages",
-    "last_activity_at",
-];
-
-/// A value written to a rollup table.
+/// A value written to a day table.
 #[derive(Debug, Clone)]
 enum SqlValue {
     Text(String),
@@ -1003,99 +581,286 @@ impl rusqlite::ToSql for SqlValue {
     }
 }
 
+/// A whole row of `usage_day` or `usage_day_member`: its key, then [`VALUE_COLUMNS`].
+fn values_row(key: impl IntoIterator<Item = String>, sums: &Sums) -> Vec<SqlValue> {
+    key.into_iter()
+        .map(SqlValue::Text)
+        .chain(
+            [
+                sums.input_tokens,
+                sums.output_tokens,
+                sums.total_tokens,
+                sums.cost_picos,
+                sums.messages,
+            ]
+            .map(|v| SqlValue::Int(Some(v as i64))),
+        )
+        .chain([SqlValue::Int(sums.last_activity.map(micros))])
+        .collect()
+}
+
+fn day_key_values((user, day): &DayKey) -> [String; 2] {
+    [user.clone(), day.to_string()]
+}
+
+fn member_key_values((user, day, dimension, value): &MemberKey) -> [String; 4] {
+    [
+        user.clone(),
+        day.to_string(),
+        dimension.code().to_owned(),
+        value.clone(),
+    ]
+}
+
+/// The rows of a delta for [`DeltaSql::days`] and [`DeltaSql::members`].
+fn delta_rows(delta: &RollupDelta) -> (Vec<Vec<SqlValue>>, Vec<Vec<SqlValue>>) {
+    let days = delta
+        .days
+        .iter()
+        .map(|(key, sums)| values_row(day_key_values(key), sums))
+        .collect();
+    let members = delta
+        .members
+        .iter()
+        .map(|(key, sums)| values_row(member_key_values(key), sums))
+        .collect();
+    (days, members)
+}
+
+fn bind_values<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    values: impl IntoIterator<Item = &'q SqlValue>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    for value in values {
+        query = match value {
+            SqlValue::Text(s) => query.bind(s.as_str()),
+            SqlValue::Int(i) => query.bind(*i),
+        };
+    }
+    query
+}
+
+/// Adds a delta to the stored days and day members, in the caller's transaction.
+async fn apply_delta(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    delta: &RollupDelta,
+) -> Result<(), sqlx::Error> {
+    let (days, members) = delta_rows(delta);
+    type Statement = fn(DeltaSql) -> String;
+    let tables: [(&Vec<Vec<SqlValue>>, Statement); 2] =
+        [(&days, |s| s.days), (&members, |s| s.members)];
+    for (rows, sql) in tables {
+        for chunk in rows.chunks(UPSERT_CHUNK) {
+            let sql = sql(DeltaSql::new(dialect, chunk.len()));
+            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// [`apply_delta`] with rusqlite, one kept prepared statement per table, in the caller's
+/// transaction.
+fn apply_delta_sqlite(conn: &rusqlite::Connection, delta: &RollupDelta) -> Result<(), sqlx::Error> {
+    let sql = DeltaSql::new(Dialect::Sqlite, 1);
+    let (days, members) = delta_rows(delta);
+    for (sql, rows) in [(&sql.days, &days), (&sql.members, &members)] {
+        let mut statement = conn.prepare_cached(sql).map_err(read_error)?;
+        for row in rows {
+            statement
+                .execute(rusqlite::params_from_iter(row))
+                .map_err(read_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the ledger's processed events give for a day range, computed from scratch.
+struct Expected {
+    delta: RollupDelta,
+    events: u64,
+}
+
+/// The ledger's processed events (up to the cursor) from `$1` (µs, inclusive) to `$2`
+/// (exclusive): see [`day_bounds`].
+fn range_events_sql(dialect: Dialect, cursor: Cursor) -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM usage_event WHERE created_at >= $1 AND created_at < $2 AND {}",
+        processed_condition(dialect, cursor)
+    )
+}
+
+/// The time bounds (microseconds) of a day range: its first day's start, the next day's start.
+fn day_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
+    (
+        day_start_micros(from),
+        day_start_micros(to.succ_opt().unwrap_or(to)),
+    )
+}
+
+/// Folds the events of [`range_events_sql`] into what the ledger says for their days.
+#[derive(Default)]
+struct ExpectedFold {
+    builder: DeltaBuilder,
+    events: u64,
+}
+
+impl ExpectedFold {
+    fn add(&mut self, facts: &EventFacts) {
+        self.events += 1;
+        self.builder.add(facts);
+    }
+
+    fn finish(self) -> Expected {
+        Expected {
+            delta: self.builder.finish(),
+            events: self.events,
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub events: u64,
+    /// Users' days with events in the range.
+    pub days: u64,
+    /// Rows (days and day members) written or deleted because they were not what the ledger
+    /// says: 0 when the range was already right.
+    pub rows_changed: u64,
+}
+
+/// Makes the stored days of a day range what the ledger says, in one transaction: compares
+/// them with the ledger and writes only what differs, so a range that is already right costs
+/// one read. Running it twice gives the same days as once.
+pub(super) async fn rebuild(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Rebuilt, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        let _turn = db.write_turn().await;
+        if let Some(file) = &db.sqlite_file {
+            let (found, rows_changed) = file
+                .write(move |conn| repair_sqlite(conn, from, to))
+                .await?;
+            return Ok(Rebuilt {
+                events: found.events,
+                days: found.days,
+                rows_changed,
+            });
+        }
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let cursor = lock_cursor(&mut tx, db.dialect)
+            .await
+            .map_err(ledger_error)?;
+        let found = compare(&mut tx, db.dialect, cursor, from, to).await?;
+        let rows_changed = write_differences(&mut tx, db.dialect, &found)
+            .await
+            .map_err(ledger_error)?;
+        tx.commit().await.map_err(ledger_error)?;
+        Ok(Rebuilt {
+            events: found.events,
+            days: found.days,
+            rows_changed,
+        })
+    })
+    .await
+}
+
+/// `INSERT … ON CONFLICT (keys) DO UPDATE SET` every value column to the new row's: the stored
+/// row becomes exactly the given one.
+fn replace_rows_sql(dialect: Dialect, table: &str, keys: &[&str], rows: usize) -> String {
+    let width = keys.len() + VALUE_COLUMNS.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|n| format!("({})", placeholders(n * width + 1, width)))
+        .collect();
+    let set: Vec<String> = VALUE_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    many_parameters(
+        dialect,
+        format!(
+            "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            VALUE_COLUMNS.join(", "),
+            tuples.join(", "),
+            keys.join(", "),
+            set.join(", ")
+        ),
+    )
+}
+
+/// `DELETE` of one row by its whole key.
+fn delete_row_sql(table: &str, keys: &[&str]) -> String {
+    let conditions: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, c)| format!("{c} = ${}", n + 1))
+        .collect();
+    format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "))
+}
+
 /// What a comparison's differences write into one table: whole rows (keys, then values) that
 /// replace the stored ones, and the keys of rows to delete (the ledger does not back them).
 struct TableWrites {
     table: &'static str,
     keys: &'static [&'static str],
-    values: &'static [&'static str],
     replace: Vec<Vec<SqlValue>>,
     delete: Vec<Vec<SqlValue>>,
 }
 
 impl TableWrites {
-    fn new(
+    /// The writes that make stored rows what the ledger says: each difference's key, and its
+    /// expected sums (`None`: the ledger does not back the row, delete it).
+    fn of<'a, const N: usize>(
         table: &'static str,
         keys: &'static [&'static str],
-        values: &'static [&'static str],
+        differences: impl IntoIterator<Item = ([String; N], &'a Option<Sums>)>,
     ) -> Self {
-        Self {
+        let mut writes = Self {
             table,
             keys,
-            values,
             replace: Vec::new(),
             delete: Vec::new(),
+        };
+        for (key, expected) in differences {
+            match expected {
+                Some(sums) => writes.replace.push(values_row(key, sums)),
+                None => writes
+                    .delete
+                    .push(key.into_iter().map(SqlValue::Text).collect()),
+            }
         }
+        writes
     }
 }
 
-/// Every differing rollup, day member and distinct value becomes what the ledger says.
-fn writes_of(found: &Verification) -> [TableWrites; 3] {
-    let text = |s: &str| SqlValue::Text(s.to_owned());
-    let int = |n: u64| SqlValue::Int(Some(n as i64));
-    let at = |t: Option<DateTime<Utc>>| SqlValue::Int(t.map(micros));
-    let mut rollups = TableWrites::new("usage_rollup", &ROLLUP_KEYS, &ROLLUP_VALUES);
-    for d in &found.differences {
-        let mut row = vec![
-            text(&d.user_id),
-            text(d.period.as_str()),
-            text(&d.bucket.to_string()),
-        ];
-        match &d.expected {
-            Some(r) => {
-                row.extend(
-                    [
-                        r.input_tokens,
-                        r.output_tokens,
-                        r.total_tokens,
-                        r.cost_picos,
-                        r.messages,
-                        r.conversations,
-                        r.agents,
-                        r.models,
-                    ]
-                    .map(int),
-                );
-                row.push(at(r.last_activity));
-                rollups.replace.push(row);
-            }
-            None => rollups.delete.push(row),
-        }
-    }
-    let mut members = TableWrites::new("usage_rollup_member", &MEMBER_KEYS, &MEMBER_VALUES);
-    for d in &found.member_differences {
-        let mut row = vec![
-            text(&d.user_id),
-            text(Period::Day.as_str()),
-            text(&d.day.to_string()),
-            text(d.dimension.code()),
-            text(&d.value),
-        ];
-        match &d.expected {
-            Some(s) => {
-                row.extend(sum_values(s).map(|v| SqlValue::Int(Some(v))));
-                row.push(at(s.last_activity));
-                members.replace.push(row);
-            }
-            None => members.delete.push(row),
-        }
-    }
-    let mut distinct = TableWrites::new("usage_rollup_distinct", &MEMBER_KEYS, &[]);
-    for ((user, period, bucket, dimension, value), stored) in &found.distinct_differences {
-        let row = vec![
-            text(user),
-            text(period.as_str()),
-            text(&bucket.to_string()),
-            text(dimension.code()),
-            text(value),
-        ];
-        if *stored {
-            distinct.delete.push(row);
-        } else {
-            distinct.replace.push(row);
-        }
-    }
-    [rollups, members, distinct]
+/// Every differing day and day member becomes what the ledger says.
+fn writes_of(found: &Verification) -> [TableWrites; 2] {
+    [
+        TableWrites::of(
+            "usage_day",
+            &DAY_KEYS,
+            found
+                .day_differences
+                .iter()
+                .map(|d| (day_key_values(&(d.user_id.clone(), d.day)), &d.expected)),
+        ),
+        TableWrites::of(
+            "usage_day_member",
+            &MEMBER_KEYS,
+            found.member_differences.iter().map(|d| {
+                let key = (d.user_id.clone(), d.day, d.dimension, d.value.clone());
+                (member_key_values(&key), &d.expected)
+            }),
+        ),
+    ]
 }
 
 /// Writes what a comparison found (see [`writes_of`]); answers how many rows were written or
@@ -1108,34 +873,18 @@ async fn write_differences(
     let mut changed = 0u64;
     for writes in writes_of(found) {
         for chunk in writes.replace.chunks(UPSERT_CHUNK) {
-            let sql = replace_rows_sql(
-                dialect,
-                writes.table,
-                writes.keys,
-                writes.values,
-                chunk.len(),
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for value in chunk.iter().flatten() {
-                query = match value {
-                    SqlValue::Text(s) => query.bind(s.as_str()),
-                    SqlValue::Int(i) => query.bind(*i),
-                };
-            }
-            query.execute(&mut **tx).await?;
+            let sql = replace_rows_sql(dialect, writes.table, writes.keys, chunk.len());
+            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
+                .execute(&mut **tx)
+                .await?;
             changed += chunk.len() as u64;
         }
         // Rare (only rows the ledger does not back): one statement per row.
         let delete = delete_row_sql(writes.table, writes.keys);
         for key in &writes.delete {
-            let mut query = sqlx::query(AssertSqlSafe(delete.as_str()));
-            for value in key {
-                query = match value {
-                    SqlValue::Text(s) => query.bind(s.as_str()),
-                    SqlValue::Int(i) => query.bind(*i),
-                };
-            }
-            query.execute(&mut **tx).await?;
+            bind_values(sqlx::query(AssertSqlSafe(delete.as_str())), key)
+                .execute(&mut **tx)
+                .await?;
             changed += 1;
         }
     }
@@ -1152,7 +901,7 @@ fn write_differences_sqlite(
     for writes in writes_of(found) {
         let statements = [
             (
-                replace_rows_sql(Dialect::Sqlite, writes.table, writes.keys, writes.values, 1),
+                replace_rows_sql(Dialect::Sqlite, writes.table, writes.keys, 1),
                 &writes.replace,
             ),
             (delete_row_sql(writes.table, writes.keys), &writes.delete),
@@ -1173,14 +922,13 @@ fn write_differences_sqlite(
     Ok(changed)
 }
 
-/// One rollup that is not what the ledger says.
+/// One user's day whose sums are not what the ledger says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollupDifference {
+pub struct DayDifference {
     pub user_id: String,
-    pub period: Period,
-    pub bucket: NaiveDate,
-    pub stored: Option<Rollup>,
-    pub expected: Option<Rollup>,
+    pub day: NaiveDate,
+    pub stored: Option<Sums>,
+    pub expected: Option<Sums>,
 }
 
 /// One day's member (conversation, agent, model or prompt) whose sums are not what the ledger
@@ -1196,25 +944,21 @@ pub struct MemberDifference {
     pub expected: Option<Sums>,
 }
 
-/// The rollups of a day range checked against the ledger.
+/// The stored days of a day range checked against the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verification {
     pub events: u64,
-    pub rollups: u64,
-    pub differences: Vec<RollupDifference>,
+    /// Users' days with events in the range.
+    pub days: u64,
+    pub day_differences: Vec<DayDifference>,
     pub member_differences: Vec<MemberDifference>,
-    /// Distinct conversations/agents/models (statistics count them) stored but not in the ledger
-    /// (`true`), or in the ledger but not stored (`false`).
-    pub distinct_differences: Vec<(MemberKey, bool)>,
-    /// Rollups repaired (rebuilt) because they differed.
+    /// Days repaired (rebuilt) because they differed.
     pub repaired: bool,
 }
 
 impl Verification {
     pub fn matches(&self) -> bool {
-        self.differences.is_empty()
-            && self.member_differences.is_empty()
-            && self.distinct_differences.is_empty()
+        self.day_differences.is_empty() && self.member_differences.is_empty()
     }
 }
 
@@ -1254,81 +998,56 @@ fn differing<K: Ord + Clone, V: PartialEq + Clone>(
     out
 }
 
-/// The stored rollups of one period from bucket `$2` to `$3`.
-const STORED_ROLLUPS_SQL: &str = "SELECT account_id, period, bucket, input_tokens, output_tokens, \
-     total_tokens, cost_picos, messages, conversations, agents, models, last_activity_at \
-     FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3";
+/// The stored days from `$1` to `$2`.
+const STORED_DAYS_SQL: &str = "SELECT account_id, day, input_tokens, output_tokens, \
+     total_tokens, cost_picos, messages, last_activity_at \
+     FROM usage_day WHERE day >= $1 AND day <= $2";
 
 /// The stored day members from day `$1` to `$2` (naming every dimension lets the database read
-/// them through the `(period, dimension, bucket)` index instead of scanning the table).
-const STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, bucket, dimension, value, input_tokens, \
+/// them through the `(day, dimension)` index).
+const STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, day, dimension, value, input_tokens, \
      output_tokens, total_tokens, cost_picos, messages, last_activity_at \
-     FROM usage_rollup_member WHERE period = 'day' AND dimension IN ('c', 'a', 'm', 'p') \
-     AND bucket >= $1 AND bucket <= $2";
+     FROM usage_day_member WHERE day >= $1 AND day <= $2 AND dimension IN ('c', 'a', 'm', 'p')";
 
-/// [`STORED_ROLLUPS_SQL`] and [`STORED_DAY_MEMBERS_SQL`] for SQLite's bulk read path. SQLite's
-/// rollup tables are clustered on their primary key (account, period, bucket, …): a row found
-/// through the `(period, …)` index costs another search of the table by its text key, 15 times
-/// the cost of reading the rows in key order. So these read each account's range of the
-/// primary key. Every rollup's account is in `account`: rollups are made of events, and an
-/// account with events cannot be deleted (`usage_event` references it).
-const SQLITE_STORED_ROLLUPS_SQL: &str = "SELECT account_id, period, bucket, input_tokens, \
-     output_tokens, total_tokens, cost_picos, messages, conversations, agents, models, \
-     last_activity_at FROM usage_rollup WHERE account_id IN (SELECT account_id FROM account) \
-     AND period = $1 AND bucket >= $2 AND bucket <= $3";
-const SQLITE_STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, bucket, dimension, value, \
+/// [`STORED_DAYS_SQL`] and [`STORED_DAY_MEMBERS_SQL`] for SQLite's bulk read path. SQLite's day
+/// tables are clustered on their primary key (account, day, …): a row found through the
+/// `(day, …)` index costs another search of the table by its text key, many times the cost of
+/// reading the rows in key order. So these read each account's range of the primary key.
+/// Every day's account is in `account`: days are made of events, and an account with events
+/// cannot be deleted (`usage_event` references it).
+const SQLITE_STORED_DAYS_SQL: &str = "SELECT account_id, day, input_tokens, output_tokens, \
+     total_tokens, cost_picos, messages, last_activity_at FROM usage_day \
+     WHERE account_id IN (SELECT account_id FROM account) AND day >= $1 AND day <= $2";
+const SQLITE_STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, day, dimension, value, \
      input_tokens, output_tokens, total_tokens, cost_picos, messages, last_activity_at \
-     FROM usage_rollup_member WHERE account_id IN (SELECT account_id FROM account) \
-     AND period = 'day' AND bucket >= $1 AND bucket <= $2";
+     FROM usage_day_member WHERE account_id IN (SELECT account_id FROM account) \
+     AND day >= $1 AND day <= $2";
 
-/// The stored distinct values of one period from bucket `$2` to `$3`.
-const STORED_DISTINCT_SQL: &str = "SELECT account_id, bucket, dimension, value \
-     FROM usage_rollup_distinct WHERE period = $1 AND bucket >= $2 AND bucket <= $3";
+fn stored_day(row: &impl Columns, table: &str) -> Result<NaiveDate, sqlx::Error> {
+    NaiveDate::parse_from_str(&row.text("day")?, "%Y-%m-%d")
+        .map_err(|_| sqlx::Error::Decode(format!("{table} has a bad day").into()))
+}
 
-fn bucket_and_dimension(
-    row: &impl Columns,
-    table: &str,
-) -> Result<(NaiveDate, Dimension), sqlx::Error> {
-    let bad = |what: &str| sqlx::Error::Decode(format!("{table} has a bad {what}").into());
-    let bucket =
-        NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d").map_err(|_| bad("bucket"))?;
-    let dimension =
-        Dimension::from_code(&row.text("dimension")?).ok_or_else(|| bad("dimension"))?;
-    Ok((bucket, dimension))
+fn day_from_row(row: &impl Columns) -> Result<(DayKey, Sums), sqlx::Error> {
+    let day = stored_day(row, "usage_day")?;
+    Ok(((row.text("account_id")?, day), sums_from_row(row)?))
 }
 
 fn day_member_from_row(row: &impl Columns) -> Result<(MemberKey, Sums), sqlx::Error> {
-    let (day, dimension) = bucket_and_dimension(row, "usage_rollup_member")?;
+    let day = stored_day(row, "usage_day_member")?;
+    let dimension = Dimension::from_code(&row.text("dimension")?)
+        .ok_or_else(|| sqlx::Error::Decode("usage_day_member has a bad dimension".into()))?;
     Ok((
-        (
-            row.text("account_id")?,
-            Period::Day,
-            day,
-            dimension,
-            row.text("value")?,
-        ),
+        (row.text("account_id")?, day, dimension, row.text("value")?),
         sums_from_row(row)?,
     ))
 }
 
-fn distinct_from_row(row: &impl Columns, period: Period) -> Result<MemberKey, sqlx::Error> {
-    let (bucket, dimension) = bucket_and_dimension(row, "usage_rollup_distinct")?;
-    Ok((
-        row.text("account_id")?,
-        period,
-        bucket,
-        dimension,
-        row.text("value")?,
-    ))
-}
-
-/// What a comparison reads: what the ledger says and what is stored, for every bucket a day
-/// range touches.
+/// What a comparison reads: what the ledger says and what is stored, for a day range.
 struct Compared {
     expected: Expected,
-    rollups: BTreeMap<RollupKey, Rollup>,
+    days: BTreeMap<DayKey, Sums>,
     day_members: BTreeMap<MemberKey, Sums>,
-    distinct: BTreeSet<MemberKey>,
 }
 
 /// Reads what [`compare`] compares, in the caller's transaction (sqlx: Postgres).
@@ -1339,10 +1058,10 @@ async fn read_compared(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Compared, sqlx::Error> {
-    let mut fold = ExpectedFold::new(from, to);
-    let (start, end) = covered_bounds(from, to);
+    let mut fold = ExpectedFold::default();
+    let (start, end) = day_bounds(from, to);
     {
-        let sql = covered_events_sql(dialect, cursor);
+        let sql = range_events_sql(dialect, cursor);
         let mut rows = sqlx::query(AssertSqlSafe(sql))
             .bind(start)
             .bind(end)
@@ -1351,41 +1070,29 @@ async fn read_compared(
             fold.add(&facts_from_row(&row)?);
         }
     }
+    let range = [from.to_string(), to.to_string()];
+    let read = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(range[0].clone())
+            .bind(range[1].clone())
+    };
     // Collected first, then made maps at once, as on SQLite's bulk path.
-    let (mut rollups, mut distinct) = (Vec::new(), Vec::new());
-    for (period, first, last) in bucket_ranges(from, to) {
-        let bounds = [
-            period.as_str().to_owned(),
-            first.to_string(),
-            last.to_string(),
-        ];
-        let bind = |sql: &'static str| {
-            sqlx::query(sql)
-                .bind(bounds[0].clone())
-                .bind(bounds[1].clone())
-                .bind(bounds[2].clone())
-        };
-        for row in bind(STORED_ROLLUPS_SQL).fetch_all(&mut **tx).await? {
-            rollups.push(rollup_from_row(&row)?);
-        }
-        for row in bind(STORED_DISTINCT_SQL).fetch_all(&mut **tx).await? {
-            distinct.push(distinct_from_row(&row, period)?);
-        }
-    }
-    let rows = sqlx::query(STORED_DAY_MEMBERS_SQL)
-        .bind(from.to_string())
-        .bind(to.to_string())
+    let days = read(STORED_DAYS_SQL)
         .fetch_all(&mut **tx)
-        .await?;
-    let day_members = rows
+        .await?
+        .iter()
+        .map(day_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let day_members = read(STORED_DAY_MEMBERS_SQL)
+        .fetch_all(&mut **tx)
+        .await?
         .iter()
         .map(day_member_from_row)
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Compared {
         expected: fold.finish(),
-        rollups: rollups.into_iter().collect(),
-        day_members,
-        distinct: distinct.into_iter().collect(),
+        days: days.into_iter().collect(),
+        day_members: day_members.into_iter().collect(),
     })
 }
 
@@ -1397,68 +1104,33 @@ fn read_compared_sqlite(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Compared, sqlx::Error> {
-    let mut fold = ExpectedFold::new(from, to);
-    let (start, end) = covered_bounds(from, to);
-    let sql = covered_events_sql(Dialect::Sqlite, cursor);
+    let mut fold = ExpectedFold::default();
+    let (start, end) = day_bounds(from, to);
+    let sql = range_events_sql(Dialect::Sqlite, cursor);
     for_each_row(conn, &sql, &[&start, &end], |row| {
         fold.add(&facts_from_row(row)?);
         Ok(())
     })?;
     // Collected first, then made maps at once (sorted, built in one pass).
-    let (mut rollups, mut day_members, mut distinct) = (Vec::new(), Vec::new(), Vec::new());
-    for (period, first, last) in bucket_ranges(from, to) {
-        let bounds = [
-            period.as_str().to_owned(),
-            first.to_string(),
-            last.to_string(),
-        ];
-        let params: [&dyn rusqlite::ToSql; 3] = [&bounds[0], &bounds[1], &bounds[2]];
-        for_each_row(conn, SQLITE_STORED_ROLLUPS_SQL, &params, |row| {
-            rollups.push(rollup_from_row(row)?);
-            Ok(())
-        })?;
-        for_each_row(conn, STORED_DISTINCT_SQL, &params, |row| {
-            distinct.push(distinct_from_row(row, period)?);
-            Ok(())
-        })?;
-    }
+    let (mut days, mut day_members) = (Vec::new(), Vec::new());
     let (first_day, last_day) = (from.to_string(), to.to_string());
-    let members_sql = SQLITE_STORED_DAY_MEMBERS_SQL;
-    for_each_row(conn, members_sql, &[&first_day, &last_day], |row| {
+    let range: [&dyn rusqlite::ToSql; 2] = [&first_day, &last_day];
+    for_each_row(conn, SQLITE_STORED_DAYS_SQL, &range, |row| {
+        days.push(day_from_row(row)?);
+        Ok(())
+    })?;
+    for_each_row(conn, SQLITE_STORED_DAY_MEMBERS_SQL, &range, |row| {
         day_members.push(day_member_from_row(row)?);
         Ok(())
     })?;
     Ok(Compared {
         expected: fold.finish(),
-        rollups: rollups.into_iter().collect(),
+        days: days.into_iter().collect(),
         day_members: day_members.into_iter().collect(),
-        distinct: distinct.into_iter().collect(),
     })
 }
 
-fn rollup_from_row(row: &impl Columns) -> Result<(RollupKey, Rollup), sqlx::Error> {
-    let bad = |what: &str| sqlx::Error::Decode(format!("usage_rollup has a bad {what}").into());
-    let period = Period::parse(&row.text("period")?).map_err(|_| bad("period"))?;
-    let bucket =
-        NaiveDate::parse_from_str(&row.text("bucket")?, "%Y-%m-%d").map_err(|_| bad("bucket"))?;
-    let n = |c: &str| row.int(c).map(|v| v.max(0) as u64);
-    Ok((
-        (row.text("account_id")?, period, bucket),
-        Rollup {
-            input_tokens: n("input_tokens")?,
-            output_tokens: n("output_tokens")?,
-            total_tokens: n("total_tokens")?,
-            cost_picos: n("cost_picos")?,
-            messages: n("messages")?,
-            conversations: n("conversations")?,
-            agents: n("agents")?,
-            models: n("models")?,
-            last_activity: row.opt_int("last_activity_at")?.map(from_micros),
-        },
-    ))
-}
-
-/// Checks every rollup of the buckets the day range touches against the ledger's processed
+/// Checks every stored day (and day member) of the day range against the ledger's processed
 /// events; with `repair`, makes the differing ones what the ledger says.
 ///
 /// The check reads in a read-only snapshot, so writers (the ledger writer, the aggregator) go
@@ -1502,9 +1174,9 @@ pub(super) async fn verify(
     .await
 }
 
-/// Compares the stored rollups, day members and distinct values of every bucket the day range
-/// touches with what the ledger's processed events (up to `cursor`) give, in the caller's
-/// transaction (Postgres; SQLite uses [`repair_sqlite`]).
+/// Compares the stored days and day members of the day range with what the ledger's processed
+/// events (up to `cursor`) give, in the caller's transaction (Postgres; SQLite uses
+/// [`repair_sqlite`]).
 async fn compare(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
@@ -1588,33 +1260,23 @@ fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error
 /// The differences between what the ledger says and what is stored.
 fn verification_of(compared: Compared) -> Verification {
     let Compared {
-        expected:
-            Expected {
-                delta,
-                rollups: expected,
-                distinct,
-                events,
-            },
-        rollups: stored,
+        expected: Expected { delta, events },
+        days: stored_days,
         day_members: stored_members,
-        distinct: stored_distinct,
     } = compared;
-    let differences: Vec<RollupDifference> = differing(&stored, &expected)
+    let day_differences = differing(&stored_days, &delta.days)
         .into_iter()
-        .map(
-            |((user_id, period, bucket), stored, expected)| RollupDifference {
-                user_id,
-                period,
-                bucket,
-                stored,
-                expected,
-            },
-        )
+        .map(|((user_id, day), stored, expected)| DayDifference {
+            user_id,
+            day,
+            stored,
+            expected,
+        })
         .collect();
-    let member_differences: Vec<MemberDifference> = differing(&stored_members, &delta.members)
+    let member_differences = differing(&stored_members, &delta.members)
         .into_iter()
         .map(
-            |((user_id, _, day, dimension, value), stored, expected)| MemberDifference {
+            |((user_id, day, dimension, value), stored, expected)| MemberDifference {
                 user_id,
                 day,
                 dimension,
@@ -1624,16 +1286,11 @@ fn verification_of(compared: Compared) -> Verification {
             },
         )
         .collect();
-    let distinct_differences: Vec<(MemberKey, bool)> = stored_distinct
-        .symmetric_difference(&distinct)
-        .map(|key| (key.clone(), stored_distinct.contains(key)))
-        .collect();
     Verification {
         events,
-        rollups: expected.len() as u64,
-        differences,
+        days: delta.days.len() as u64,
+        day_differences,
         member_differences,
-        distinct_differences,
         repaired: false,
     }
 }
@@ -1696,36 +1353,81 @@ const SUMS_SELECT: &str = "CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
      CAST(SUM(messages) AS BIGINT) AS messages, \
      MAX(last_activity_at) AS last_activity_at";
 
-/// Distinct conversations (per user), agents and models of the rollups of `period` from bucket
-/// `first` to `last`, grouped by the column `group`, or in one group `""` when `None`.
+/// How the rows of a day table are grouped: SQL for each row's group (a text).
+#[derive(Clone, Copy)]
+enum Grouping {
+    /// One group, `''`.
+    Whole,
+    /// The first day of the row's period ('YYYY-MM-DD', as `Period::bucket_of_day`).
+    Period(Period),
+    User,
+}
+
+impl Grouping {
+    fn sql(self, dialect: Dialect) -> &'static str {
+        match (self, dialect) {
+            (Self::Whole, _) => "''",
+            (Self::User, _) => "account_id",
+            (Self::Period(Period::Day), _) => "day",
+            (Self::Period(Period::Month), _) => "SUBSTR(day, 1, 7) || '-01'",
+            // Back six days, then on to a Monday (or stay on it): the ISO week's Monday.
+            (Self::Period(Period::Week), Dialect::Sqlite) => "date(day, '-6 days', 'weekday 1')",
+            (Self::Period(Period::Week), Dialect::Postgres) => {
+                "TO_CHAR(DATE_TRUNC('week', CAST(day AS TIMESTAMP)), 'YYYY-MM-DD')"
+            }
+        }
+    }
+}
+
+/// The stored days from `$1` to `$2` (and of `$3`'s user), summed per group.
+async fn day_sums(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: &StatsScope,
+    grouping: Grouping,
+) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} AS grp, {SUMS_SELECT} FROM usage_day WHERE day >= $1 AND day <= $2{} GROUP BY 1",
+        grouping.sql(db.dialect),
+        scope_condition(scope, 3)
+    );
+    let query = sqlx::query(AssertSqlSafe(sql))
+        .bind(from.to_string())
+        .bind(to.to_string());
+    let mut out = Vec::new();
+    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
+        if row.try_get::<Option<i64>, _>("messages")?.is_some() {
+            out.push((row.try_get("grp")?, sums_from_row(&row)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Distinct conversations (a user's each), agents and models of the stored day members from
+/// `$1` to `$2` (and of `$3`'s user), per group.
 async fn distinct_counts(
     db: &Db,
-    period: Period,
-    first: NaiveDate,
-    last: NaiveDate,
+    from: NaiveDate,
+    to: NaiveDate,
     scope: &StatsScope,
-    group: Option<&str>,
+    grouping: Grouping,
 ) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
-    let (select, group_by) = match group {
-        Some(column) => (column.to_owned(), format!(" GROUP BY {column}")),
-        None => ("''".to_owned(), String::new()),
-    };
     let sql = format!(
-        "SELECT {select} AS grp, \
+        "SELECT {} AS grp, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'c' THEN account_id || '/' || value END) AS BIGINT) AS conversations, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
            CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models \
-         FROM usage_rollup_distinct \
-         WHERE period = $1 AND bucket >= $2 AND bucket <= $3{}{group_by}",
-        scope_condition(scope, 4)
+         FROM usage_day_member \
+         WHERE day >= $1 AND day <= $2 AND dimension IN ('c', 'a', 'm') AND value <> ''{} GROUP BY 1",
+        grouping.sql(db.dialect),
+        scope_condition(scope, 3)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(period.as_str())
-        .bind(first.to_string())
-        .bind(last.to_string());
-    let rows = bind_scope(query, scope).fetch_all(&db.pool).await?;
+        .bind(from.to_string())
+        .bind(to.to_string());
     let mut out = HashMap::new();
-    for row in rows {
+    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
         let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
         out.insert(
             row.try_get::<String, _>("grp")?,
@@ -1735,7 +1437,7 @@ async fn distinct_counts(
     Ok(out)
 }
 
-/// Statistics from the rollups (or, with a model filter, from the ledger's events).
+/// Statistics from the stored days (or, with a model filter, from the ledger's events).
 pub(super) async fn stats(
     db: &Db,
     query: &StatsQuery,
@@ -1744,74 +1446,41 @@ pub(super) async fn stats(
     if query.model.is_some() {
         return stats_from_events(db, query, scope).await;
     }
-    stats_from_rollups(db, query, scope)
+    stats_from_days(db, query, scope)
         .await
         .map_err(ledger_error)
 }
 
-async fn stats_from_rollups(
+/// The rows and summary of a query made of the stored days: a week's or a month's sums are its
+/// days' sums and its distinct counts those of its days' members (see
+/// `RollupDelta::to_rollups`, the reference).
+async fn stats_from_days(
     db: &Db,
     query: &StatsQuery,
     scope: &StatsScope,
 ) -> Result<StatsAnswer, sqlx::Error> {
-    let period = query.rollup_period();
+    // Grouped by period, the range is grown to whole periods.
     let (from, to) = query.effective_range();
-    let (first, last) = (period.bucket_of_day(from), period.bucket_of_day(to));
     let days = (to - from).num_days() as u64 + 1;
-
-    // The summary: sums over the rollups, distinct counts over the members.
-    let sql = format!(
-        "SELECT {SUMS_SELECT} FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3{}",
-        scope_condition(scope, 4)
-    );
-    let q = sqlx::query(AssertSqlSafe(sql))
-        .bind(period.as_str())
-        .bind(first.to_string())
-        .bind(last.to_string());
-    let row = bind_scope(q, scope).fetch_one(&db.pool).await?;
-    let whole = if row.try_get::<Option<i64>, _>("messages")?.is_some() {
-        sums_from_row(&row)?
-    } else {
-        Sums::default()
-    };
-    let distinct = distinct_counts(db, period, first, last, scope, None)
+    let whole = day_sums(db, from, to, scope, Grouping::Whole)
+        .await?
+        .pop()
+        .map(|(_, sums)| sums)
+        .unwrap_or_default();
+    let distinct = distinct_counts(db, from, to, scope, Grouping::Whole)
         .await?
         .remove("")
         .unwrap_or_default();
     let summary = StatsSummary::new(&whole, distinct, days);
 
-    let rows = match (query.group_by.period(), query.group_by.dimension()) {
-        (Some(_), _) => {
-            let sql = format!(
-                "SELECT bucket AS grp, {SUMS_SELECT}, CAST(SUM(conversations) AS BIGINT) AS conversations \
-                 FROM usage_rollup WHERE period = $1 AND bucket >= $2 AND bucket <= $3{} GROUP BY bucket",
-                scope_condition(scope, 4)
-            );
-            let q = sqlx::query(AssertSqlSafe(sql))
-                .bind(period.as_str())
-                .bind(first.to_string())
-                .bind(last.to_string());
-            let counts = distinct_counts(db, period, first, last, scope, Some("bucket")).await?;
-            let mut rows = Vec::new();
-            for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
-                let key: String = row.try_get("grp")?;
-                let mut out = StatsRow::from_sums(Some(key.clone()), &sums_from_row(&row)?);
-                let [_, agents, models] = counts.get(&key).copied().unwrap_or_default();
-                // Conversations belong to one user each: per-user counts add up.
-                out.conversations = Some(row.try_get::<i64, _>("conversations")?.max(0) as u64);
-                out.agents = Some(agents);
-                out.models = Some(models);
-                rows.push(out);
-            }
-            rows
-        }
+    let grouping = match (query.group_by.period(), query.group_by.dimension()) {
+        (Some(period), _) => Grouping::Period(period),
         (None, Some(dimension)) => {
             let sql = format!(
-                "SELECT value AS grp, {SUMS_SELECT} FROM usage_rollup_member \
-                 WHERE period = 'day' AND bucket >= $1 AND bucket <= $2 AND dimension = $3{} GROUP BY value",
+                "SELECT value AS grp, {SUMS_SELECT} FROM usage_day_member \
+                 WHERE day >= $1 AND day <= $2 AND dimension = $3{} GROUP BY value",
                 scope_condition(scope, 4)
             );
-            // Members are kept per day; the range covers whole weeks or months already.
             let q = sqlx::query(AssertSqlSafe(sql))
                 .bind(from.to_string())
                 .bind(to.to_string())
@@ -1822,34 +1491,24 @@ async fn stats_from_rollups(
                 let key = (value != NO_VALUE).then_some(value);
                 rows.push(StatsRow::from_sums(key, &sums_from_row(&row)?));
             }
-            rows
+            return Ok(StatsAnswer { rows, summary });
         }
-        (None, None) => {
-            let sql = format!(
-                "SELECT account_id AS grp, {SUMS_SELECT} FROM usage_rollup \
-                 WHERE period = $1 AND bucket >= $2 AND bucket <= $3{} GROUP BY account_id",
-                scope_condition(scope, 4)
-            );
-            let q = sqlx::query(AssertSqlSafe(sql))
-                .bind(period.as_str())
-                .bind(first.to_string())
-                .bind(last.to_string());
-            let counts =
-                distinct_counts(db, period, first, last, scope, Some("account_id")).await?;
-            let mut rows = Vec::new();
-            for row in bind_scope(q, scope).fetch_all(&db.pool).await? {
-                let user: String = row.try_get("grp")?;
-                let mut out = StatsRow::from_sums(Some(user.clone()), &sums_from_row(&row)?);
-                let [conversations, agents, models] =
-                    counts.get(&user).copied().unwrap_or_default();
-                out.conversations = Some(conversations);
-                out.agents = Some(agents);
-                out.models = Some(models);
-                rows.push(out);
-            }
-            rows
-        }
+        (None, None) => Grouping::User,
     };
+    let counts = distinct_counts(db, from, to, scope, grouping).await?;
+    let rows = day_sums(db, from, to, scope, grouping)
+        .await?
+        .into_iter()
+        .map(|(key, sums)| {
+            let [conversations, agents, models] = counts.get(&key).copied().unwrap_or_default();
+            StatsRow {
+                conversations: Some(conversations),
+                agents: Some(agents),
+                models: Some(models),
+                ..StatsRow::from_sums(Some(key), &sums)
+            }
+        })
+        .collect();
     Ok(StatsAnswer { rows, summary })
 }
 
