@@ -2,7 +2,7 @@
 //! ledger's events. The reference computation lives here, pure, so the store's incremental
 //! aggregator can be checked against it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -270,6 +270,11 @@ impl RollupDelta {
     }
 }
 
+/// A hash map with a fast, non-cryptographic hasher: folding looks up five keys per event, and
+/// the keys are ids and days, not input an attacker could shape into collisions that matter
+/// (one fold's keys are one batch of the ledger).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Folds many events into the [`RollupDelta`] that adding them one by one gives, several times
 /// faster (backfills and checks fold millions): ids are numbered once and sums are kept in hash
 /// maps, sorted into the delta's maps once at the end.
@@ -277,14 +282,14 @@ impl RollupDelta {
 pub struct DeltaBuilder {
     users: Names,
     values: Names,
-    days: HashMap<(u32, NaiveDate), Sums>,
-    members: HashMap<(u32, NaiveDate, Dimension, u32), Sums>,
+    days: FastMap<(u32, NaiveDate), Sums>,
+    members: FastMap<(u32, NaiveDate, Dimension, u32), Sums>,
 }
 
 /// Strings numbered in the order they are first seen.
 #[derive(Debug, Default)]
 struct Names {
-    numbers: HashMap<String, u32>,
+    numbers: FastMap<String, u32>,
     names: Vec<String>,
 }
 

@@ -17,7 +17,6 @@ CREATE TABLE usage_day (
     last_activity_at INTEGER,
     PRIMARY KEY (account_id, day)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_day_by_day ON usage_day (day);
 
 CREATE TABLE usage_day_member (
     account_id       TEXT    NOT NULL,
@@ -34,7 +33,9 @@ CREATE TABLE usage_day_member (
     last_activity_at INTEGER,
     PRIMARY KEY (account_id, day, dimension, value)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_day_member_by_day ON usage_day_member (day, dimension);
+-- No index by day: a day table is clustered by its key (account, day, …), so everyone's days
+-- are read as each account's range of it (`account_id IN (SELECT account_id FROM account)`),
+-- and writing a second copy of every key cost a third of a backfill's time.
 
 INSERT INTO usage_day (account_id, day, input_tokens, output_tokens, total_tokens, cost_picos,
                        messages, last_activity_at)

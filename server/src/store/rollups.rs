@@ -1104,6 +1104,7 @@ fn read_compared_sqlite(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Compared, sqlx::Error> {
+    let started = std::time::Instant::now();
     let mut fold = ExpectedFold::default();
     let (start, end) = day_bounds(from, to);
     let sql = range_events_sql(Dialect::Sqlite, cursor);
@@ -1111,6 +1112,9 @@ fn read_compared_sqlite(
         fold.add(&facts_from_row(row)?);
         Ok(())
     })?;
+    let events_us = started.elapsed().as_micros() as u64;
+    let expected = fold.finish();
+    tracing::debug!(events_us, folded_us = started.elapsed().as_micros() as u64, "read events");
     // Collected first, then made maps at once (sorted, built in one pass).
     let (mut days, mut day_members) = (Vec::new(), Vec::new());
     let (first_day, last_day) = (from.to_string(), to.to_string());
@@ -1124,7 +1128,7 @@ fn read_compared_sqlite(
         Ok(())
     })?;
     Ok(Compared {
-        expected: fold.finish(),
+        expected,
         days: days.into_iter().collect(),
         day_members: day_members.into_iter().collect(),
     })
@@ -1201,14 +1205,24 @@ fn repair_sqlite(
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(read_error)?;
+    let started = std::time::Instant::now();
     let cursor = read_cursor_sqlite(&tx)?;
-    let found = verification_of(read_compared_sqlite(&tx, cursor, from, to)?);
+    let compared = read_compared_sqlite(&tx, cursor, from, to)?;
+    let read_us = started.elapsed().as_micros() as u64;
+    let found = verification_of(compared);
+    let compared_us = started.elapsed().as_micros() as u64;
     let changed = if found.matches() {
         0
     } else {
         write_differences_sqlite(&tx, &found)?
     };
+    let written_us = started.elapsed().as_micros() as u64;
     tx.commit().map_err(read_error)?;
+    tracing::debug!(
+        %from, %to, read_us, compared_us, written_us,
+        committed_us = started.elapsed().as_micros() as u64,
+        "rebuilt days"
+    );
     Ok((found, changed))
 }
 
@@ -1324,6 +1338,18 @@ fn scope_condition(scope: &StatsScope, n: usize) -> String {
     }
 }
 
+/// [`scope_condition`] for the day tables. SQLite's have no index by day: everyone's rows are
+/// read as each account's range of the key (every day's account is in `account`, see
+/// [`SQLITE_STORED_DAYS_SQL`]).
+fn day_scope_condition(dialect: Dialect, scope: &StatsScope, n: usize) -> String {
+    match (scope, dialect) {
+        (StatsScope::All, Dialect::Sqlite) => {
+            " AND account_id IN (SELECT account_id FROM account)".to_owned()
+        }
+        _ => scope_condition(scope, n),
+    }
+}
+
 fn bind_scope<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     scope: &'q StatsScope,
@@ -1390,7 +1416,7 @@ async fn day_sums(
     let sql = format!(
         "SELECT {} AS grp, {SUMS_SELECT} FROM usage_day WHERE day >= $1 AND day <= $2{} GROUP BY 1",
         grouping.sql(db.dialect),
-        scope_condition(scope, 3)
+        day_scope_condition(db.dialect, scope, 3)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
         .bind(from.to_string())
@@ -1421,7 +1447,7 @@ async fn distinct_counts(
          FROM usage_day_member \
          WHERE day >= $1 AND day <= $2 AND dimension IN ('c', 'a', 'm') AND value <> ''{} GROUP BY 1",
         grouping.sql(db.dialect),
-        scope_condition(scope, 3)
+        day_scope_condition(db.dialect, scope, 3)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
         .bind(from.to_string())
@@ -1479,7 +1505,7 @@ async fn stats_from_days(
             let sql = format!(
                 "SELECT value AS grp, {SUMS_SELECT} FROM usage_day_member \
                  WHERE day >= $1 AND day <= $2 AND dimension = $3{} GROUP BY value",
-                scope_condition(scope, 4)
+                day_scope_condition(db.dialect, scope, 4)
             );
             let q = sqlx::query(AssertSqlSafe(sql))
                 .bind(from.to_string())
