@@ -590,6 +590,44 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     assert_eq!(stored_rollups(&ledger).await, rollups_of(&all));
 }
 
+/// A backfill reads a batch's events before it takes the write lock, and checks the written
+/// days after: if the aggregator adds events in between, both read the ledger again rather than
+/// write or report what they read before.
+async fn a_rebuild_read_before_the_aggregator_moved_reads_again(db: common::TestDb) {
+    let (ledger, mut specs, yesterday) = ten_days(&db.url).await;
+    let from = yesterday - Days::new(9);
+    let read_before = ledger.read_ledger_days(from, yesterday).await.unwrap();
+    assert_eq!(read_before.events(), specs.len() as u64);
+    // A late event of the range, folded in by the aggregator (the cursor moves).
+    specs.push(record_copy(&ledger, &specs[2], "late-1", None).await);
+    ledger.catch_up_fully().await.unwrap();
+    let (rebuilt, written) = ledger.store_ledger_days(read_before).await.unwrap();
+    assert_eq!(rebuilt.events, specs.len() as u64, "{rebuilt:?}");
+    assert_eq!(
+        rebuilt.rows_changed, 0,
+        "the stored days were right: {rebuilt:?}"
+    );
+    let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
+    assert_eq!(stored_rollups(&ledger).await, expected);
+    // Another one before the check: the check reads the ledger again too.
+    specs.push(record_copy(&ledger, &specs[4], "late-2", None).await);
+    ledger.catch_up_fully().await.unwrap();
+    let check = ledger.verify_stored(written).await.unwrap();
+    assert!(check.matches(), "{check:?}");
+    assert_eq!(check.events, specs.len() as u64);
+    // What the check compares is real: a broken day is found.
+    sqlx::query(
+        "UPDATE usage_day SET messages = messages + 1 WHERE day = $1 AND account_id = 'u1'",
+    )
+    .bind(yesterday.to_string())
+    .execute(&ledger.db().pool)
+    .await
+    .unwrap();
+    let written = ledger.read_ledger_days(from, yesterday).await.unwrap();
+    let check = ledger.verify_stored(written).await.unwrap();
+    assert_eq!(check.day_differences.len(), 1, "{check:?}");
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -613,6 +651,7 @@ macro_rules! on_both_databases {
 
 on_both_databases!(
     nightly_check_repairs_and_catches_up_missed_days,
+    a_rebuild_read_before_the_aggregator_moved_reads_again,
     backfill_twice_equals_once,
     backfill_takes_over_a_backlog,
     stats_answer_what_the_reference_says,

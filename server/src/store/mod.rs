@@ -27,7 +27,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use rollups::{
-    AGGREGATE_BATCH, Cursor, DayDifference, MemberDifference, Rebuilt, TakenOver, Verification,
+    AGGREGATE_BATCH, Cursor, DayDifference, LedgerDays, MemberDifference, Rebuilt, TakenOver,
+    Verification,
 };
 pub use usage::{LedgerAudit, WriterConfig};
 
@@ -379,6 +380,29 @@ impl SqlLedger {
         to: chrono::NaiveDate,
     ) -> Result<Rebuilt, LedgerError> {
         rollups::rebuild(&self.db, from, to).await
+    }
+
+    /// A rebuild in steps, for a backfill that overlaps them (see `rollups::LedgerDays`): what
+    /// the ledger says the range's days should be, read without the write lock.
+    pub async fn read_ledger_days(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<LedgerDays, LedgerError> {
+        rollups::read_ledger_days(&self.db, from, to).await
+    }
+
+    /// Then: makes the stored days what `ledger` says, writing only what differs.
+    pub async fn store_ledger_days(
+        &self,
+        ledger: LedgerDays,
+    ) -> Result<(Rebuilt, LedgerDays), LedgerError> {
+        rollups::store_ledger_days(&self.db, ledger).await
+    }
+
+    /// Then: checks the stored days against `ledger`, in a read-only snapshot.
+    pub async fn verify_stored(&self, ledger: LedgerDays) -> Result<Verification, LedgerError> {
+        rollups::verify_stored(&self.db, ledger).await
     }
 
     /// Checks the stored days (and day members) of the day range against the ledger; with

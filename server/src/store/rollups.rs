@@ -677,10 +677,27 @@ fn apply_delta_sqlite(conn: &rusqlite::Connection, delta: &RollupDelta) -> Resul
     Ok(())
 }
 
-/// What the ledger's processed events give for a day range, computed from scratch.
-struct Expected {
+/// A day range as the ledger says it should be stored: what its processed events (up to
+/// `cursor`) give, computed from scratch. Read without the write lock
+/// ([`read_ledger_days`]), it is written ([`store_ledger_days`]) and checked against what is
+/// stored ([`verify_stored`]) as long as the cursor has not moved: the events up to the cursor
+/// never change.
+pub struct LedgerDays {
+    from: NaiveDate,
+    to: NaiveDate,
+    cursor: Cursor,
     delta: RollupDelta,
     events: u64,
+}
+
+impl LedgerDays {
+    pub fn range(&self) -> (NaiveDate, NaiveDate) {
+        (self.from, self.to)
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
 }
 
 /// The ledger's processed events (up to the cursor) from `$1` (µs, inclusive) to `$2`
@@ -701,24 +718,119 @@ fn day_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
 }
 
 /// Folds the events of [`range_events_sql`] into what the ledger says for their days.
-#[derive(Default)]
-struct ExpectedFold {
+struct LedgerDaysFold {
+    days: LedgerDays,
     builder: DeltaBuilder,
-    events: u64,
 }
 
-impl ExpectedFold {
+impl LedgerDaysFold {
+    fn new(cursor: Cursor, from: NaiveDate, to: NaiveDate) -> Self {
+        Self {
+            days: LedgerDays {
+                from,
+                to,
+                cursor,
+                delta: RollupDelta::default(),
+                events: 0,
+            },
+            builder: DeltaBuilder::default(),
+        }
+    }
+
     fn add(&mut self, facts: &EventFacts) {
-        self.events += 1;
+        self.days.events += 1;
         self.builder.add(facts);
     }
 
-    fn finish(self) -> Expected {
-        Expected {
+    fn finish(self) -> LedgerDays {
+        LedgerDays {
             delta: self.builder.finish(),
-            events: self.events,
+            ..self.days
         }
     }
+}
+
+/// Reads [`LedgerDays`] in the caller's transaction (sqlx: Postgres).
+async fn read_ledger_days_in(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    cursor: Cursor,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<LedgerDays, sqlx::Error> {
+    let mut fold = LedgerDaysFold::new(cursor, from, to);
+    let (start, end) = day_bounds(from, to);
+    let sql = range_events_sql(dialect, cursor);
+    let mut rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(start)
+        .bind(end)
+        .fetch(&mut **tx);
+    while let Some(row) = rows.try_next().await? {
+        fold.add(&facts_from_row(&row)?);
+    }
+    Ok(fold.finish())
+}
+
+/// [`read_ledger_days_in`] on SQLite's bulk read path, in a transaction of `conn`.
+fn read_ledger_days_sqlite(
+    conn: &rusqlite::Connection,
+    cursor: Cursor,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<LedgerDays, sqlx::Error> {
+    let mut fold = LedgerDaysFold::new(cursor, from, to);
+    let (start, end) = day_bounds(from, to);
+    let sql = range_events_sql(Dialect::Sqlite, cursor);
+    for_each_row(conn, &sql, &[&start, &end], |row| {
+        fold.add(&facts_from_row(row)?);
+        Ok(())
+    })?;
+    Ok(fold.finish())
+}
+
+/// What the ledger says a day range's stored days should be, read in a snapshot without the
+/// write lock (the expensive part of a rebuild: reading and folding every event).
+pub(super) async fn read_ledger_days(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<LedgerDays, LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        if let Some(file) = &db.sqlite_file {
+            return file
+                .read(move |conn| {
+                    let tx = conn.transaction().map_err(read_error)?;
+                    let cursor = read_cursor_sqlite(&tx)?;
+                    read_ledger_days_sqlite(&tx, cursor, from, to)
+                })
+                .await;
+        }
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_snapshot(&mut conn).await?;
+        let cursor = read_cursor(&mut tx, db.dialect, false)
+            .await
+            .map_err(ledger_error)?;
+        let ledger = read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
+            .await
+            .map_err(ledger_error)?;
+        tx.rollback().await.map_err(ledger_error)?;
+        Ok(ledger)
+    })
+    .await
+}
+
+/// A read-only snapshot on Postgres (SQLite's bulk path opens its own: a deferred transaction
+/// on a read-only connection).
+async fn begin_snapshot(
+    conn: &mut sqlx::pool::PoolConnection<Any>,
+) -> Result<Transaction<'_, Any>, LedgerError> {
+    sqlx::Connection::begin_with(
+        &mut **conn,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )
+    .await
+    .map_err(ledger_error)
 }
 
 /// What a rebuild did.
@@ -740,34 +852,78 @@ pub(super) async fn rebuild(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Rebuilt, LedgerError> {
+    let ledger = read_ledger_days(db, from, to).await?;
+    Ok(store_ledger_days(db, ledger).await?.0)
+}
+
+/// Makes the stored days of `ledger`'s range what it says, in one write transaction (see
+/// [`store`]). Answers what was done, and the ledger's days as written (for
+/// [`verify_stored`]).
+pub(super) async fn store_ledger_days(
+    db: &Db,
+    ledger: LedgerDays,
+) -> Result<(Rebuilt, LedgerDays), LedgerError> {
+    let (found, rows_changed, ledger) = store(db, ledger).await?;
+    let rebuilt = Rebuilt {
+        events: found.events,
+        days: found.days,
+        rows_changed,
+    };
+    Ok((rebuilt, ledger))
+}
+
+/// Under the write lock, in one transaction: reads the stored days of `ledger`'s range,
+/// compares them with it and writes only what differs. If the aggregator moved its cursor
+/// since `ledger` was read, the ledger is read again under the lock. Answers the comparison,
+/// the rows written or deleted, and the ledger's days as compared.
+async fn store(
+    db: &Db,
+    ledger: LedgerDays,
+) -> Result<(Verification, u64, LedgerDays), LedgerError> {
     let db = db.clone();
     detached(async move {
         let _turn = db.write_turn().await;
         if let Some(file) = &db.sqlite_file {
-            let (found, rows_changed) = file
-                .write(move |conn| repair_sqlite(conn, from, to))
-                .await?;
-            return Ok(Rebuilt {
-                events: found.events,
-                days: found.days,
-                rows_changed,
-            });
+            return file
+                .write(move |conn| {
+                    let tx = conn
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(read_error)?;
+                    let cursor = read_cursor_sqlite(&tx)?;
+                    let ledger = if cursor == ledger.cursor {
+                        ledger
+                    } else {
+                        read_ledger_days_sqlite(&tx, cursor, ledger.from, ledger.to)?
+                    };
+                    let stored = read_stored_sqlite(&tx, ledger.from, ledger.to)?;
+                    let found = verification_of(&ledger, stored);
+                    let changed = write_differences_sqlite(&tx, &found)?;
+                    tx.commit().map_err(read_error)?;
+                    Ok((found, changed, ledger))
+                })
+                .await;
         }
         let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
         let mut tx = begin_write(db.dialect, &mut conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let found = compare(&mut tx, db.dialect, cursor, from, to).await?;
-        let rows_changed = write_differences(&mut tx, db.dialect, &found)
+        let ledger = if cursor == ledger.cursor {
+            ledger
+        } else {
+            read_ledger_days_in(&mut tx, db.dialect, cursor, ledger.from, ledger.to)
+                .await
+                .map_err(ledger_error)?
+        };
+        let stored = read_stored(&mut tx, ledger.from, ledger.to)
+            .await
+            .map_err(ledger_error)?;
+        let found = verification_of(&ledger, stored);
+        let changed = write_differences(&mut tx, db.dialect, &found)
             .await
             .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
-        Ok(Rebuilt {
-            events: found.events,
-            days: found.days,
-            rows_changed,
-        })
+        Ok((found, changed, ledger))
     })
     .await
 }
@@ -1043,33 +1199,18 @@ fn day_member_from_row(row: &impl Columns) -> Result<(MemberKey, Sums), sqlx::Er
     ))
 }
 
-/// What a comparison reads: what the ledger says and what is stored, for a day range.
-struct Compared {
-    expected: Expected,
+/// The stored days and day members of a day range.
+struct StoredDays {
     days: BTreeMap<DayKey, Sums>,
-    day_members: BTreeMap<MemberKey, Sums>,
+    members: BTreeMap<MemberKey, Sums>,
 }
 
-/// Reads what [`compare`] compares, in the caller's transaction (sqlx: Postgres).
-async fn read_compared(
+/// Reads [`StoredDays`] in the caller's transaction (sqlx: Postgres).
+async fn read_stored(
     tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Compared, sqlx::Error> {
-    let mut fold = ExpectedFold::default();
-    let (start, end) = day_bounds(from, to);
-    {
-        let sql = range_events_sql(dialect, cursor);
-        let mut rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .fetch(&mut **tx);
-        while let Some(row) = rows.try_next().await? {
-            fold.add(&facts_from_row(&row)?);
-        }
-    }
+) -> Result<StoredDays, sqlx::Error> {
     let range = [from.to_string(), to.to_string()];
     let read = |sql: &'static str| {
         sqlx::query(sql)
@@ -1083,40 +1224,27 @@ async fn read_compared(
         .iter()
         .map(day_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let day_members = read(STORED_DAY_MEMBERS_SQL)
+    let members = read(STORED_DAY_MEMBERS_SQL)
         .fetch_all(&mut **tx)
         .await?
         .iter()
         .map(day_member_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Compared {
-        expected: fold.finish(),
+    Ok(StoredDays {
         days: days.into_iter().collect(),
-        day_members: day_members.into_iter().collect(),
+        members: members.into_iter().collect(),
     })
 }
 
-/// [`read_compared`] on SQLite's bulk read path, in one transaction of `conn` (a snapshot, or
-/// the write lock).
-fn read_compared_sqlite(
+/// [`read_stored`] on SQLite's bulk read path, in a transaction of `conn` (a snapshot, or the
+/// write lock).
+fn read_stored_sqlite(
     conn: &rusqlite::Connection,
-    cursor: Cursor,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Compared, sqlx::Error> {
-    let started = std::time::Instant::now();
-    let mut fold = ExpectedFold::default();
-    let (start, end) = day_bounds(from, to);
-    let sql = range_events_sql(Dialect::Sqlite, cursor);
-    for_each_row(conn, &sql, &[&start, &end], |row| {
-        fold.add(&facts_from_row(row)?);
-        Ok(())
-    })?;
-    let events_us = started.elapsed().as_micros() as u64;
-    let expected = fold.finish();
-    tracing::debug!(events_us, folded_us = started.elapsed().as_micros() as u64, "read events");
+) -> Result<StoredDays, sqlx::Error> {
     // Collected first, then made maps at once (sorted, built in one pass).
-    let (mut days, mut day_members) = (Vec::new(), Vec::new());
+    let (mut days, mut members) = (Vec::new(), Vec::new());
     let (first_day, last_day) = (from.to_string(), to.to_string());
     let range: [&dyn rusqlite::ToSql; 2] = [&first_day, &last_day];
     for_each_row(conn, SQLITE_STORED_DAYS_SQL, &range, |row| {
@@ -1124,13 +1252,12 @@ fn read_compared_sqlite(
         Ok(())
     })?;
     for_each_row(conn, SQLITE_STORED_DAY_MEMBERS_SQL, &range, |row| {
-        day_members.push(day_member_from_row(row)?);
+        members.push(day_member_from_row(row)?);
         Ok(())
     })?;
-    Ok(Compared {
-        expected,
+    Ok(StoredDays {
         days: days.into_iter().collect(),
-        day_members: day_members.into_iter().collect(),
+        members: members.into_iter().collect(),
     })
 }
 
@@ -1146,119 +1273,69 @@ pub(super) async fn verify(
     to: NaiveDate,
     repair: bool,
 ) -> Result<Verification, LedgerError> {
-    let db = db.clone();
-    detached(async move {
-        let found = compare_in_snapshot(&db, from, to).await?;
-        if !repair || found.matches() {
-            return Ok(found);
-        }
-        let _turn = db.write_turn().await;
-        if let Some(file) = &db.sqlite_file {
-            let (mut found, changed) = file
-                .write(move |conn| repair_sqlite(conn, from, to))
-                .await?;
-            found.repaired = changed > 0;
-            return Ok(found);
-        }
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_write(db.dialect, &mut conn).await?;
-        let cursor = lock_cursor(&mut tx, db.dialect)
-            .await
-            .map_err(ledger_error)?;
-        let mut found = compare(&mut tx, db.dialect, cursor, from, to).await?;
-        if !found.matches() {
-            write_differences(&mut tx, db.dialect, &found)
-                .await
-                .map_err(ledger_error)?;
-            found.repaired = true;
-        }
-        tx.commit().await.map_err(ledger_error)?;
-        Ok(found)
-    })
-    .await
+    let (found, ledger) = compare_in_snapshot(db, from, to, None).await?;
+    if !repair || found.matches() {
+        return Ok(found);
+    }
+    let (mut found, changed, _) = store(db, ledger).await?;
+    found.repaired = changed > 0;
+    Ok(found)
 }
 
-/// Compares the stored days and day members of the day range with what the ledger's processed
-/// events (up to `cursor`) give, in the caller's transaction (Postgres; SQLite uses
-/// [`repair_sqlite`]).
-async fn compare(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    cursor: Cursor,
-    from: NaiveDate,
-    to: NaiveDate,
+/// Checks the stored days of `ledger`'s range against it, after [`store_ledger_days`]: in a
+/// read-only snapshot, reading only the stored days unless the aggregator has moved its cursor
+/// since `ledger` was read (then the ledger is read again in the snapshot).
+pub(super) async fn verify_stored(
+    db: &Db,
+    ledger: LedgerDays,
 ) -> Result<Verification, LedgerError> {
-    let compared = read_compared(tx, dialect, cursor, from, to)
-        .await
-        .map_err(ledger_error)?;
-    Ok(verification_of(compared))
+    let (from, to) = ledger.range();
+    Ok(compare_in_snapshot(db, from, to, Some(ledger)).await?.0)
 }
 
-/// On SQLite's bulk path, in one write transaction of `conn`: compares the day range with the
-/// ledger and writes whatever differs. Answers the comparison and how many rows were written
-/// or deleted (0 when the range was already right).
-fn repair_sqlite(
-    conn: &mut rusqlite::Connection,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<(Verification, u64), sqlx::Error> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(read_error)?;
-    let started = std::time::Instant::now();
-    let cursor = read_cursor_sqlite(&tx)?;
-    let compared = read_compared_sqlite(&tx, cursor, from, to)?;
-    let read_us = started.elapsed().as_micros() as u64;
-    let found = verification_of(compared);
-    let compared_us = started.elapsed().as_micros() as u64;
-    let changed = if found.matches() {
-        0
-    } else {
-        write_differences_sqlite(&tx, &found)?
-    };
-    let written_us = started.elapsed().as_micros() as u64;
-    tx.commit().map_err(read_error)?;
-    tracing::debug!(
-        %from, %to, read_us, compared_us, written_us,
-        committed_us = started.elapsed().as_micros() as u64,
-        "rebuilt days"
-    );
-    Ok((found, changed))
-}
-
-/// [`compare`] in a read-only snapshot, without the write lock: writers go on meanwhile.
+/// Compares the stored days of a day range with the ledger's processed events in one read-only
+/// snapshot, without the write lock: writers go on meanwhile. `known`: the ledger's days read
+/// before, used if the cursor has not moved since. Answers the comparison and the ledger's
+/// days as compared.
 async fn compare_in_snapshot(
     db: &Db,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Verification, LedgerError> {
-    if let Some(file) = &db.sqlite_file {
-        let compared = file
-            .read(move |conn| {
-                // Deferred: a snapshot from the first read on, no write lock.
-                let tx = conn.transaction().map_err(read_error)?;
-                let cursor = read_cursor_sqlite(&tx)?;
-                read_compared_sqlite(&tx, cursor, from, to)
-            })
-            .await?;
-        return Ok(verification_of(compared));
-    }
-    let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-    let begin = match db.dialect {
-        Dialect::Sqlite => "BEGIN",
-        Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-    };
-    let mut tx = sqlx::Connection::begin_with(&mut *conn, begin)
-        .await
-        .map_err(ledger_error)?;
-    let cursor = read_cursor(&mut tx, db.dialect, false)
-        .await
-        .map_err(ledger_error)?;
-    let compared = read_compared(&mut tx, db.dialect, cursor, from, to)
-        .await
-        .map_err(ledger_error)?;
-    tx.rollback().await.map_err(ledger_error)?;
-    Ok(verification_of(compared))
+    known: Option<LedgerDays>,
+) -> Result<(Verification, LedgerDays), LedgerError> {
+    let db = db.clone();
+    detached(async move {
+        if let Some(file) = &db.sqlite_file {
+            return file
+                .read(move |conn| {
+                    // Deferred: a snapshot from the first read on, no write lock.
+                    let tx = conn.transaction().map_err(read_error)?;
+                    let cursor = read_cursor_sqlite(&tx)?;
+                    let ledger = match known {
+                        Some(ledger) if ledger.cursor == cursor => ledger,
+                        _ => read_ledger_days_sqlite(&tx, cursor, from, to)?,
+                    };
+                    let stored = read_stored_sqlite(&tx, from, to)?;
+                    Ok((verification_of(&ledger, stored), ledger))
+                })
+                .await;
+        }
+        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+        let mut tx = begin_snapshot(&mut conn).await?;
+        let cursor = read_cursor(&mut tx, db.dialect, false)
+            .await
+            .map_err(ledger_error)?;
+        let ledger = match known {
+            Some(ledger) if ledger.cursor == cursor => ledger,
+            _ => read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
+                .await
+                .map_err(ledger_error)?,
+        };
+        let stored = read_stored(&mut tx, from, to).await.map_err(ledger_error)?;
+        tx.rollback().await.map_err(ledger_error)?;
+        Ok((verification_of(&ledger, stored), ledger))
+    })
+    .await
 }
 
 fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error> {
@@ -1272,13 +1349,8 @@ fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error
 }
 
 /// The differences between what the ledger says and what is stored.
-fn verification_of(compared: Compared) -> Verification {
-    let Compared {
-        expected: Expected { delta, events },
-        days: stored_days,
-        day_members: stored_members,
-    } = compared;
-    let day_differences = differing(&stored_days, &delta.days)
+fn verification_of(ledger: &LedgerDays, stored: StoredDays) -> Verification {
+    let day_differences = differing(&stored.days, &ledger.delta.days)
         .into_iter()
         .map(|((user_id, day), stored, expected)| DayDifference {
             user_id,
@@ -1287,7 +1359,7 @@ fn verification_of(compared: Compared) -> Verification {
             expected,
         })
         .collect();
-    let member_differences = differing(&stored_members, &delta.members)
+    let member_differences = differing(&stored.members, &ledger.delta.members)
         .into_iter()
         .map(
             |((user_id, day, dimension, value), stored, expected)| MemberDifference {
@@ -1301,8 +1373,8 @@ fn verification_of(compared: Compared) -> Verification {
         )
         .collect();
     Verification {
-        events,
-        days: delta.days.len() as u64,
+        events: ledger.events,
+        days: ledger.delta.days.len() as u64,
         day_differences,
         member_differences,
         repaired: false,
