@@ -517,23 +517,101 @@ const VALUE_COLUMNS: [&str; 6] = [
 const DAY_KEYS: [&str; 2] = ["account_id", "day"];
 const MEMBER_KEYS: [&str; 4] = ["account_id", "day", "dimension", "value"];
 
-/// Rows per multi-row upsert (10 parameters at most each).
+/// Rows per multi-row upsert with parameters (10 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
 
-/// The statements that add a delta to the stored days and day members, for `rows` rows each:
-/// the sums are added to what is stored.
+/// Rows per upsert from one JSON parameter (Postgres): a few megabytes.
+const JSON_CHUNK: usize = 50_000;
+
+/// Where an upsert's rows come from.
+#[derive(Debug, Clone, Copy)]
+enum RowSource {
+    /// `n` tuples of parameters.
+    Values(usize),
+    /// One JSON parameter, an array of rows, each an array of the columns' values (Postgres):
+    /// parsed in one go, where a statement of thousands of parameters cost more to parse and
+    /// plan than to run.
+    Json,
+}
+
+/// `INSERT INTO table (keys…, VALUE_COLUMNS…) <rows> ON CONFLICT (keys) DO UPDATE SET <set>`.
+fn upsert_sql(dialect: Dialect, table: &str, keys: &[&str], set: &str, rows: RowSource) -> String {
+    let columns: Vec<&str> = keys.iter().chain(&VALUE_COLUMNS).copied().collect();
+    let source = match rows {
+        RowSource::Values(n) => {
+            let tuples: Vec<String> = (0..n)
+                .map(|row| format!("({})", placeholders(row * columns.len() + 1, columns.len())))
+                .collect();
+            format!("VALUES {}", tuples.join(", "))
+        }
+        RowSource::Json => {
+            let values: Vec<String> = (0..columns.len())
+                .map(|n| match n < keys.len() {
+                    true => format!("e->>{n}"),
+                    false => format!("CAST(e->>{n} AS BIGINT)"),
+                })
+                .collect();
+            format!(
+                "SELECT {} FROM json_array_elements(CAST($1 AS json)) AS e",
+                values.join(", ")
+            )
+        }
+    };
+    many_parameters(
+        dialect,
+        format!(
+            "INSERT INTO {table} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {set}",
+            columns.join(", "),
+            keys.join(", "),
+        ),
+    )
+}
+
+/// Runs an upsert (`sql` for a row source) over `rows`, in chunks: on Postgres from JSON, on
+/// SQLite (through sqlx) with parameters.
+async fn upsert_rows(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    rows: &[Vec<SqlValue>],
+    sql: impl Fn(RowSource) -> String,
+) -> Result<(), sqlx::Error> {
+    match dialect {
+        Dialect::Postgres => {
+            let statement = sql(RowSource::Json);
+            for chunk in rows.chunks(JSON_CHUNK) {
+                let json =
+                    serde_json::to_string(chunk).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query(AssertSqlSafe(statement.as_str()))
+                    .bind(json)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Dialect::Sqlite => {
+            for chunk in rows.chunks(UPSERT_CHUNK) {
+                let statement = sql(RowSource::Values(chunk.len()));
+                bind_values(
+                    sqlx::query(AssertSqlSafe(statement)),
+                    chunk.iter().flatten(),
+                )
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The statements that add a delta to the stored days and day members: the sums are added to
+/// what is stored.
 struct DeltaSql {
     days: String,
     members: String,
 }
 
 impl DeltaSql {
-    fn new(dialect: Dialect, rows: usize) -> Self {
+    fn new(dialect: Dialect, rows: RowSource) -> Self {
         let upsert = |table: &str, keys: &[&str]| {
-            let width = keys.len() + VALUE_COLUMNS.len();
-            let tuples: Vec<String> = (0..rows)
-                .map(|n| format!("({})", placeholders(n * width + 1, width)))
-                .collect();
             let additions: Vec<String> = SUM_COLUMNS
                 .iter()
                 .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
@@ -546,17 +624,7 @@ impl DeltaSql {
                     )
                 )))
                 .collect();
-            many_parameters(
-                dialect,
-                format!(
-                    "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
-                    keys.join(", "),
-                    VALUE_COLUMNS.join(", "),
-                    tuples.join(", "),
-                    keys.join(", "),
-                    additions.join(", ")
-                ),
-            )
+            upsert_sql(dialect, table, keys, &additions.join(", "), rows)
         };
         Self {
             days: upsert("usage_day", &DAY_KEYS),
@@ -570,6 +638,17 @@ impl DeltaSql {
 enum SqlValue {
     Text(String),
     Int(Option<i64>),
+}
+
+/// A row's values as JSON (for [`RowSource::Json`]): texts, integers, `null`.
+impl serde::Serialize for SqlValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(s) => serializer.serialize_str(s),
+            Self::Int(Some(i)) => serializer.serialize_i64(*i),
+            Self::Int(None) => serializer.serialize_none(),
+        }
+    }
 }
 
 impl rusqlite::ToSql for SqlValue {
@@ -647,24 +726,17 @@ async fn apply_delta(
     delta: &RollupDelta,
 ) -> Result<(), sqlx::Error> {
     let (days, members) = delta_rows(delta);
-    type Statement = fn(DeltaSql) -> String;
-    let tables: [(&Vec<Vec<SqlValue>>, Statement); 2] =
-        [(&days, |s| s.days), (&members, |s| s.members)];
-    for (rows, sql) in tables {
-        for chunk in rows.chunks(UPSERT_CHUNK) {
-            let sql = sql(DeltaSql::new(dialect, chunk.len()));
-            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(())
+    upsert_rows(tx, dialect, &days, |rows| DeltaSql::new(dialect, rows).days).await?;
+    upsert_rows(tx, dialect, &members, |rows| {
+        DeltaSql::new(dialect, rows).members
+    })
+    .await
 }
 
 /// [`apply_delta`] with rusqlite, one kept prepared statement per table, in the caller's
 /// transaction.
 fn apply_delta_sqlite(conn: &rusqlite::Connection, delta: &RollupDelta) -> Result<(), sqlx::Error> {
-    let sql = DeltaSql::new(Dialect::Sqlite, 1);
+    let sql = DeltaSql::new(Dialect::Sqlite, RowSource::Values(1));
     let (days, members) = delta_rows(delta);
     for (sql, rows) in [(&sql.days, &days), (&sql.members, &members)] {
         let mut statement = conn.prepare_cached(sql).map_err(read_error)?;
@@ -930,26 +1002,12 @@ async fn store(
 
 /// `INSERT … ON CONFLICT (keys) DO UPDATE SET` every value column to the new row's: the stored
 /// row becomes exactly the given one.
-fn replace_rows_sql(dialect: Dialect, table: &str, keys: &[&str], rows: usize) -> String {
-    let width = keys.len() + VALUE_COLUMNS.len();
-    let tuples: Vec<String> = (0..rows)
-        .map(|n| format!("({})", placeholders(n * width + 1, width)))
-        .collect();
+fn replace_rows_sql(dialect: Dialect, table: &str, keys: &[&str], rows: RowSource) -> String {
     let set: Vec<String> = VALUE_COLUMNS
         .iter()
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
-    many_parameters(
-        dialect,
-        format!(
-            "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
-            keys.join(", "),
-            VALUE_COLUMNS.join(", "),
-            tuples.join(", "),
-            keys.join(", "),
-            set.join(", ")
-        ),
-    )
+    upsert_sql(dialect, table, keys, &set.join(", "), rows)
 }
 
 /// `DELETE` of one row by its whole key.
@@ -1028,13 +1086,11 @@ async fn write_differences(
 ) -> Result<u64, sqlx::Error> {
     let mut changed = 0u64;
     for writes in writes_of(found) {
-        for chunk in writes.replace.chunks(UPSERT_CHUNK) {
-            let sql = replace_rows_sql(dialect, writes.table, writes.keys, chunk.len());
-            bind_values(sqlx::query(AssertSqlSafe(sql)), chunk.iter().flatten())
-                .execute(&mut **tx)
-                .await?;
-            changed += chunk.len() as u64;
-        }
+        upsert_rows(tx, dialect, &writes.replace, |rows| {
+            replace_rows_sql(dialect, writes.table, writes.keys, rows)
+        })
+        .await?;
+        changed += writes.replace.len() as u64;
         // Rare (only rows the ledger does not back): one statement per row.
         let delete = delete_row_sql(writes.table, writes.keys);
         for key in &writes.delete {
@@ -1057,7 +1113,12 @@ fn write_differences_sqlite(
     for writes in writes_of(found) {
         let statements = [
             (
-                replace_rows_sql(Dialect::Sqlite, writes.table, writes.keys, 1),
+                replace_rows_sql(
+                    Dialect::Sqlite,
+                    writes.table,
+                    writes.keys,
+                    RowSource::Values(1),
+                ),
                 &writes.replace,
             ),
             (delete_row_sql(writes.table, writes.keys), &writes.delete),
