@@ -1538,24 +1538,39 @@ impl Grouping {
     }
 }
 
-/// The stored days from `$1` to `$2` (and of `$3`'s user), summed per group.
-async fn day_sums(
+/// `SELECT <group> AS grp, <select> FROM <table> WHERE <day range> <conditions> GROUP BY 1`
+/// over a day table, from `$1` to `$2` (and of `$3`'s user).
+async fn grouped_day_rows(
     db: &Db,
-    from: NaiveDate,
-    to: NaiveDate,
+    select: &str,
+    table_and_conditions: (&str, &str),
+    (from, to): (NaiveDate, NaiveDate),
     scope: &StatsScope,
     grouping: Grouping,
-) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let (table, conditions) = table_and_conditions;
     let sql = format!(
-        "SELECT {} AS grp, {SUMS_SELECT} FROM usage_day WHERE day >= $1 AND day <= $2{} GROUP BY 1",
+        "SELECT {} AS grp, {select} FROM {table} WHERE day >= $1 AND day <= $2{conditions}{} \
+         GROUP BY 1",
         grouping.sql(db.dialect),
         day_scope_condition(db.dialect, scope, 3)
     );
     let query = sqlx::query(AssertSqlSafe(sql))
         .bind(from.to_string())
         .bind(to.to_string());
+    bind_scope(query, scope).fetch_all(&db.pool).await
+}
+
+/// The stored days from `from` to `to` (of the scope's users), summed per group.
+async fn day_sums(
+    db: &Db,
+    range: (NaiveDate, NaiveDate),
+    scope: &StatsScope,
+    grouping: Grouping,
+) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+    let rows = grouped_day_rows(db, SUMS_SELECT, ("usage_day", ""), range, scope, grouping);
     let mut out = Vec::new();
-    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
+    for row in rows.await? {
         if row.try_get::<Option<i64>, _>("messages")?.is_some() {
             out.push((row.try_get("grp")?, sums_from_row(&row)?));
         }
@@ -1564,29 +1579,23 @@ async fn day_sums(
 }
 
 /// Distinct conversations (a user's each), agents and models of the stored day members from
-/// `$1` to `$2` (and of `$3`'s user), per group.
+/// `from` to `to` (of the scope's users), per group.
 async fn distinct_counts(
     db: &Db,
-    from: NaiveDate,
-    to: NaiveDate,
+    range: (NaiveDate, NaiveDate),
     scope: &StatsScope,
     grouping: Grouping,
 ) -> Result<HashMap<String, [u64; 3]>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {} AS grp, \
-           CAST(COUNT(DISTINCT CASE WHEN dimension = 'c' THEN account_id || '/' || value END) AS BIGINT) AS conversations, \
-           CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
-           CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models \
-         FROM usage_day_member \
-         WHERE day >= $1 AND day <= $2 AND dimension IN ('c', 'a', 'm') AND value <> ''{} GROUP BY 1",
-        grouping.sql(db.dialect),
-        day_scope_condition(db.dialect, scope, 3)
+    const COUNTS: &str = "\
+        CAST(COUNT(DISTINCT CASE WHEN dimension = 'c' THEN account_id || '/' || value END) AS BIGINT) AS conversations, \
+        CAST(COUNT(DISTINCT CASE WHEN dimension = 'a' THEN value END) AS BIGINT) AS agents, \
+        CAST(COUNT(DISTINCT CASE WHEN dimension = 'm' THEN value END) AS BIGINT) AS models";
+    let members = (
+        "usage_day_member",
+        " AND dimension IN ('c', 'a', 'm') AND value <> ''",
     );
-    let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(from.to_string())
-        .bind(to.to_string());
     let mut out = HashMap::new();
-    for row in bind_scope(query, scope).fetch_all(&db.pool).await? {
+    for row in grouped_day_rows(db, COUNTS, members, range, scope, grouping).await? {
         let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
         out.insert(
             row.try_get::<String, _>("grp")?,
@@ -1621,12 +1630,12 @@ async fn stats_from_days(
     // Grouped by period, the range is grown to whole periods.
     let (from, to) = query.effective_range();
     let days = (to - from).num_days() as u64 + 1;
-    let whole = day_sums(db, from, to, scope, Grouping::Whole)
+    let whole = day_sums(db, (from, to), scope, Grouping::Whole)
         .await?
         .pop()
         .map(|(_, sums)| sums)
         .unwrap_or_default();
-    let distinct = distinct_counts(db, from, to, scope, Grouping::Whole)
+    let distinct = distinct_counts(db, (from, to), scope, Grouping::Whole)
         .await?
         .remove("")
         .unwrap_or_default();
@@ -1654,8 +1663,8 @@ async fn stats_from_days(
         }
         (None, None) => Grouping::User,
     };
-    let counts = distinct_counts(db, from, to, scope, grouping).await?;
-    let rows = day_sums(db, from, to, scope, grouping)
+    let counts = distinct_counts(db, (from, to), scope, grouping).await?;
+    let rows = day_sums(db, (from, to), scope, grouping)
         .await?
         .into_iter()
         .map(|(key, sums)| {
