@@ -371,6 +371,29 @@ async fn verified_through(ledger: &SqlLedger) -> Option<String> {
         .unwrap()
 }
 
+/// Waits until every recorded event is readable by the aggregator. On Postgres it reads only
+/// events of transactions older than every one still running, in the whole cluster: another
+/// test's open transaction (each test has its own database, not its own cluster) holds them
+/// back for a moment.
+async fn until_readable(ledger: &SqlLedger) {
+    if ledger.db().dialect != tokenmeter_server::store::Dialect::Postgres {
+        return;
+    }
+    for _ in 0..200 {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM usage_event WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .fetch_one(&ledger.db().pool)
+        .await
+        .unwrap();
+        if held == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("events stayed behind a running transaction for 10 s");
+}
+
 /// A backfill over a backlog the aggregator has not read: the range's pending events are left
 /// to the rebuild, others are folded; a backfill cut short is finished by the nightly check.
 async fn backfill_takes_over_a_backlog(db: common::TestDb) {
@@ -386,6 +409,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
         .await
         .unwrap();
 
+    until_readable(&ledger).await;
     let taken = ledger.take_over_pending(from, yesterday).await.unwrap();
     assert_eq!((taken.taken, taken.folded), (60, 1), "{taken:?}");
     let status = app::ports::Ledger::aggregator_status(ledger.as_ref(), Utc::now())
@@ -416,6 +440,7 @@ async fn backfill_takes_over_a_backlog(db: common::TestDb) {
     // A whole backfill: a late event of the range, taken over, rebuilt, and the mark restored.
     let late = record_copy(&ledger, &specs[3], "late", None).await;
     specs.push(late);
+    until_readable(&ledger).await;
     let taken = ledger.take_over_pending(from, yesterday).await.unwrap();
     assert_eq!((taken.taken, taken.folded), (1, 0), "{taken:?}");
     let rebuilt = ledger.rebuild_rollups(from, yesterday).await.unwrap();
