@@ -867,14 +867,37 @@ pub(super) async fn read_ledger_days(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<LedgerDays, LedgerError> {
+    Ok(read_in_snapshot(db, from, to, None, false).await?.0)
+}
+
+/// Reads a day range in one read-only snapshot, without the write lock (writers go on
+/// meanwhile): what the ledger says its days should be (`known`, the ledger's days read
+/// before, if the cursor has not moved since; else read now) and, `with_stored`, what is
+/// stored.
+async fn read_in_snapshot(
+    db: &Db,
+    from: NaiveDate,
+    to: NaiveDate,
+    known: Option<LedgerDays>,
+    with_stored: bool,
+) -> Result<(LedgerDays, Option<StoredDays>), LedgerError> {
     let db = db.clone();
     detached(async move {
         if let Some(file) = &db.sqlite_file {
             return file
                 .read(move |conn| {
+                    // Deferred: a snapshot from the first read on, no write lock.
                     let tx = conn.transaction().map_err(read_error)?;
                     let cursor = read_cursor_sqlite(&tx)?;
-                    read_ledger_days_sqlite(&tx, cursor, from, to)
+                    let ledger = match known {
+                        Some(ledger) if ledger.cursor == cursor => ledger,
+                        _ => read_ledger_days_sqlite(&tx, cursor, from, to)?,
+                    };
+                    let stored = match with_stored {
+                        true => Some(read_stored_sqlite(&tx, from, to)?),
+                        false => None,
+                    };
+                    Ok((ledger, stored))
                 })
                 .await;
         }
@@ -883,11 +906,18 @@ pub(super) async fn read_ledger_days(
         let cursor = read_cursor(&mut tx, db.dialect, false)
             .await
             .map_err(ledger_error)?;
-        let ledger = read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
-            .await
-            .map_err(ledger_error)?;
+        let ledger = match known {
+            Some(ledger) if ledger.cursor == cursor => ledger,
+            _ => read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
+                .await
+                .map_err(ledger_error)?,
+        };
+        let stored = match with_stored {
+            true => Some(read_stored(&mut tx, from, to).await.map_err(ledger_error)?),
+            false => None,
+        };
         tx.rollback().await.map_err(ledger_error)?;
-        Ok(ledger)
+        Ok((ledger, stored))
     })
     .await
 }
@@ -1261,6 +1291,7 @@ fn day_member_from_row(row: &impl Columns) -> Result<(MemberKey, Sums), sqlx::Er
 }
 
 /// The stored days and day members of a day range.
+#[derive(Default)]
 struct StoredDays {
     days: BTreeMap<DayKey, Sums>,
     members: BTreeMap<MemberKey, Sums>,
@@ -1355,48 +1386,17 @@ pub(super) async fn verify_stored(
 }
 
 /// Compares the stored days of a day range with the ledger's processed events in one read-only
-/// snapshot, without the write lock: writers go on meanwhile. `known`: the ledger's days read
-/// before, used if the cursor has not moved since. Answers the comparison and the ledger's
-/// days as compared.
+/// snapshot (see [`read_in_snapshot`]). Answers the comparison and the ledger's days as
+/// compared.
 async fn compare_in_snapshot(
     db: &Db,
     from: NaiveDate,
     to: NaiveDate,
     known: Option<LedgerDays>,
 ) -> Result<(Verification, LedgerDays), LedgerError> {
-    let db = db.clone();
-    detached(async move {
-        if let Some(file) = &db.sqlite_file {
-            return file
-                .read(move |conn| {
-                    // Deferred: a snapshot from the first read on, no write lock.
-                    let tx = conn.transaction().map_err(read_error)?;
-                    let cursor = read_cursor_sqlite(&tx)?;
-                    let ledger = match known {
-                        Some(ledger) if ledger.cursor == cursor => ledger,
-                        _ => read_ledger_days_sqlite(&tx, cursor, from, to)?,
-                    };
-                    let stored = read_stored_sqlite(&tx, from, to)?;
-                    Ok((verification_of(&ledger, stored), ledger))
-                })
-                .await;
-        }
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_snapshot(&mut conn).await?;
-        let cursor = read_cursor(&mut tx, db.dialect, false)
-            .await
-            .map_err(ledger_error)?;
-        let ledger = match known {
-            Some(ledger) if ledger.cursor == cursor => ledger,
-            _ => read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
-                .await
-                .map_err(ledger_error)?,
-        };
-        let stored = read_stored(&mut tx, from, to).await.map_err(ledger_error)?;
-        tx.rollback().await.map_err(ledger_error)?;
-        Ok((verification_of(&ledger, stored), ledger))
-    })
-    .await
+    let (ledger, stored) = read_in_snapshot(db, from, to, known, true).await?;
+    // Asked for, so always read.
+    Ok((verification_of(&ledger, stored.unwrap_or_default()), ledger))
 }
 
 fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error> {
