@@ -7,6 +7,7 @@
 mod accounts;
 mod auth;
 mod key_cache;
+mod pg_days;
 mod reservations;
 mod rollups;
 mod sqlite_read;

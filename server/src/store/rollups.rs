@@ -13,6 +13,11 @@
 //! and a smaller id can become visible after a larger one; events are therefore read in
 //! (writing transaction, id) order and only from transactions older than every one still
 //! running (`pg_snapshot_xmin`), so no event can appear behind the cursor later.
+//!
+//! **Rebuilds and checks** compute a day range's days from its events up to the cursor and
+//! compare them with the stored ones: on SQLite folded here from a bulk read, on Postgres by
+//! Postgres itself in set-based SQL ([`pg_days`]), so that the events and stored days of a
+//! range never cross the wire.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,6 +33,7 @@ use domain::stats::{
 use futures::TryStreamExt;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
+use super::pg_days::{self, ComputedDays};
 use super::sqlite_read::{Columns, SqliteFile, for_each_row, read_error};
 use super::usage::placeholders;
 use super::{
@@ -108,7 +114,7 @@ async fn read_cursor(
 
 /// SQL that keeps only events the aggregator has read (up to and including the cursor). The
 /// cursor's numbers come from the database as integers, so writing them into the SQL is safe.
-fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
+pub(super) fn processed_condition(dialect: Dialect, cursor: Cursor) -> String {
     let Cursor { tx, event_id } = cursor;
     match dialect {
         Dialect::Sqlite => format!("usage_event_id <= {event_id}"),
@@ -304,12 +310,8 @@ impl TakeOverFold {
         }
     }
 
-    /// An event read in the aggregator's order; on SQLite the cursor is its id.
+    /// An event read in the aggregator's order (SQLite: the cursor is its id).
     fn add(&mut self, facts: EventFacts, event_id: i64) {
-        self.add_at(facts, Cursor { tx: 0, event_id });
-    }
-
-    fn add_at(&mut self, facts: EventFacts, cursor: Cursor) {
         let day = facts.at.date_naive();
         if day >= self.from && day <= self.to {
             self.outcome.taken += 1;
@@ -317,7 +319,7 @@ impl TakeOverFold {
             self.outcome.folded += 1;
             self.builder.add(&facts);
         }
-        self.next = Some(cursor);
+        self.next = Some(Cursor { tx: 0, event_id });
     }
 }
 
@@ -358,16 +360,9 @@ pub(super) async fn take_over_pending(
                     })
                     .await?
             }
-            None => {
-                let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut *tx);
-                while let Some(row) = rows.try_next().await.map_err(ledger_error)? {
-                    let cursor = Cursor {
-                        tx: row.try_get("tx").map_err(ledger_error)?,
-                        event_id: row.try_get("usage_event_id").map_err(ledger_error)?,
-                    };
-                    fold.add_at(facts_from_row(&row).map_err(ledger_error)?, cursor);
-                }
-            }
+            None => take_over_in_postgres(&mut tx, cursor, &mut fold)
+                .await
+                .map_err(ledger_error)?,
         }
         let TakeOverFold {
             builder,
@@ -407,6 +402,62 @@ pub(super) async fn take_over_pending(
         Ok(outcome)
     })
     .await
+}
+
+/// [`take_over_pending`]'s reading on Postgres, in its transaction: the last readable pending
+/// event bounds what is taken over; the pending events of the range up to it are only counted
+/// (by Postgres: a backlog of millions need not cross the wire), the others read and folded.
+/// Every event up to that bound stays readable: its transaction had ended when the bound was
+/// read.
+async fn take_over_in_postgres(
+    tx: &mut Transaction<'_, Any>,
+    cursor: Cursor,
+    fold: &mut TakeOverFold,
+) -> Result<(), sqlx::Error> {
+    let dialect = Dialect::Postgres;
+    let last = format!(
+        "SELECT CAST(CAST(tx_id AS TEXT) AS BIGINT) AS tx, usage_event_id FROM usage_event \
+         WHERE {} AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx_id DESC, usage_event_id DESC LIMIT 1",
+        unprocessed_condition(dialect, cursor)
+    );
+    let Some(row) = sqlx::query(AssertSqlSafe(last))
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(());
+    };
+    let next = Cursor {
+        tx: row.try_get("tx")?,
+        event_id: row.try_get("usage_event_id")?,
+    };
+    let taken = format!(
+        "{} AND {}",
+        unprocessed_condition(dialect, cursor),
+        processed_condition(dialect, next)
+    );
+    let in_range = "created_at >= $1 AND created_at < $2";
+    let (start, end) = day_bounds(fold.from, fold.to);
+    let count = format!("SELECT COUNT(*) AS n FROM usage_event WHERE {taken} AND {in_range}");
+    let n: i64 = sqlx::query(AssertSqlSafe(count))
+        .bind(start)
+        .bind(end)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    fold.outcome.taken = n.max(0) as u64;
+    let others =
+        format!("SELECT {EVENT_COLUMNS} FROM usage_event WHERE {taken} AND NOT ({in_range})");
+    let mut rows = sqlx::query(AssertSqlSafe(others))
+        .bind(start)
+        .bind(end)
+        .fetch(&mut **tx);
+    while let Some(row) = rows.try_next().await? {
+        fold.outcome.folded += 1;
+        fold.builder.add(&facts_from_row(&row)?);
+    }
+    fold.next = Some(next);
+    Ok(())
 }
 
 /// After the backfill that followed [`take_over_pending`] has rebuilt the range: puts the
@@ -506,7 +557,7 @@ const SUM_COLUMNS: [&str; 5] = [
 ];
 
 /// Every value column of `usage_day` and `usage_day_member`: the sums, then the last activity.
-const VALUE_COLUMNS: [&str; 6] = [
+pub(super) const VALUE_COLUMNS: [&str; 6] = [
     "input_tokens",
     "output_tokens",
     "total_tokens",
@@ -514,8 +565,8 @@ const VALUE_COLUMNS: [&str; 6] = [
     "messages",
     "last_activity_at",
 ];
-const DAY_KEYS: [&str; 2] = ["account_id", "day"];
-const MEMBER_KEYS: [&str; 4] = ["account_id", "day", "dimension", "value"];
+pub(super) const DAY_KEYS: [&str; 2] = ["account_id", "day"];
+pub(super) const MEMBER_KEYS: [&str; 4] = ["account_id", "day", "dimension", "value"];
 
 /// Rows per multi-row upsert with parameters (10 parameters at most each).
 const UPSERT_CHUNK: usize = 500;
@@ -758,8 +809,16 @@ pub struct LedgerDays {
     from: NaiveDate,
     to: NaiveDate,
     cursor: Cursor,
-    delta: RollupDelta,
+    days: DaysOfLedger,
     events: u64,
+}
+
+/// Where the ledger's days of a [`LedgerDays`] are.
+enum DaysOfLedger {
+    /// Folded from the events in this process (SQLite).
+    Folded(RollupDelta),
+    /// Computed by Postgres into temporary tables of a kept connection (see [`pg_days`]).
+    InPostgres(ComputedDays),
 }
 
 impl LedgerDays {
@@ -769,6 +828,14 @@ impl LedgerDays {
 
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// The days folded in this process, if they were.
+    fn folded(&self) -> Option<&RollupDelta> {
+        match &self.days {
+            DaysOfLedger::Folded(delta) => Some(delta),
+            DaysOfLedger::InPostgres(_) => None,
+        }
     }
 }
 
@@ -802,7 +869,7 @@ impl LedgerDaysFold {
                 from,
                 to,
                 cursor,
-                delta: RollupDelta::default(),
+                days: DaysOfLedger::Folded(RollupDelta::default()),
                 events: 0,
             },
             builder: DeltaBuilder::default(),
@@ -816,34 +883,13 @@ impl LedgerDaysFold {
 
     fn finish(self) -> LedgerDays {
         LedgerDays {
-            delta: self.builder.finish(),
+            days: DaysOfLedger::Folded(self.builder.finish()),
             ..self.days
         }
     }
 }
 
-/// Reads [`LedgerDays`] in the caller's transaction (sqlx: Postgres).
-async fn read_ledger_days_in(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    cursor: Cursor,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<LedgerDays, sqlx::Error> {
-    let mut fold = LedgerDaysFold::new(cursor, from, to);
-    let (start, end) = day_bounds(from, to);
-    let sql = range_events_sql(dialect, cursor);
-    let mut rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(start)
-        .bind(end)
-        .fetch(&mut **tx);
-    while let Some(row) = rows.try_next().await? {
-        fold.add(&facts_from_row(&row)?);
-    }
-    Ok(fold.finish())
-}
-
-/// [`read_ledger_days_in`] on SQLite's bulk read path, in a transaction of `conn`.
+/// Reads [`LedgerDays`] on SQLite's bulk read path, in a transaction of `conn`.
 fn read_ledger_days_sqlite(
     conn: &rusqlite::Connection,
     cursor: Cursor,
@@ -870,17 +916,16 @@ pub(super) async fn read_ledger_days(
     Ok(read_in_snapshot(db, from, to, None, false).await?.0)
 }
 
-/// Reads a day range in one read-only snapshot, without the write lock (writers go on
-/// meanwhile): what the ledger says its days should be (`known`, the ledger's days read
-/// before, if the cursor has not moved since; else read now) and, `with_stored`, what is
-/// stored.
+/// Reads a day range in one snapshot, without the write lock (writers go on meanwhile): what
+/// the ledger says its days should be (`known`, the ledger's days read before, if the cursor
+/// has not moved since; else read now) and, `compare`, how the stored days differ from them.
 async fn read_in_snapshot(
     db: &Db,
     from: NaiveDate,
     to: NaiveDate,
     known: Option<LedgerDays>,
-    with_stored: bool,
-) -> Result<(LedgerDays, Option<StoredDays>), LedgerError> {
+    compare: bool,
+) -> Result<(LedgerDays, Option<Verification>), LedgerError> {
     let db = db.clone();
     detached(async move {
         if let Some(file) = &db.sqlite_file {
@@ -890,49 +935,96 @@ async fn read_in_snapshot(
                     let tx = conn.transaction().map_err(read_error)?;
                     let cursor = read_cursor_sqlite(&tx)?;
                     let ledger = match known {
-                        Some(ledger) if ledger.cursor == cursor => ledger,
+                        Some(ledger) if ledger.cursor == cursor && ledger.folded().is_some() => {
+                            ledger
+                        }
                         _ => read_ledger_days_sqlite(&tx, cursor, from, to)?,
                     };
-                    let stored = match with_stored {
-                        true => Some(read_stored_sqlite(&tx, from, to)?),
+                    let found = match compare {
+                        true => Some(verification_of(&ledger, read_stored_sqlite(&tx, from, to)?)),
                         false => None,
                     };
-                    Ok((ledger, stored))
+                    Ok((ledger, found))
                 })
                 .await;
         }
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_snapshot(&mut conn).await?;
+        // Postgres computes the days into temporary tables of the connection the ledger's days
+        // keep, so its snapshot may write them (not READ ONLY).
+        let (mut computed, events) = kept_computation(&db, known).await?;
+        let mut tx = sqlx::Connection::begin_with(
+            &mut *computed.conn,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        )
+        .await
+        .map_err(ledger_error)?;
         let cursor = read_cursor(&mut tx, db.dialect, false)
             .await
             .map_err(ledger_error)?;
-        let ledger = match known {
-            Some(ledger) if ledger.cursor == cursor => ledger,
-            _ => read_ledger_days_in(&mut tx, db.dialect, cursor, from, to)
-                .await
-                .map_err(ledger_error)?,
+        let events = match events {
+            Some((at, events)) if at == cursor => events,
+            _ => compute_days(&mut tx, cursor, from, to, &mut computed.days).await?,
         };
-        let stored = match with_stored {
-            true => Some(read_stored(&mut tx, from, to).await.map_err(ledger_error)?),
+        let found = match compare {
+            true => Some(
+                pg_days::compare(&mut tx, (from, to), (events, computed.days))
+                    .await
+                    .map_err(ledger_error)?,
+            ),
             false => None,
         };
-        tx.rollback().await.map_err(ledger_error)?;
-        Ok((ledger, stored))
+        tx.commit().await.map_err(ledger_error)?;
+        let ledger = LedgerDays {
+            from,
+            to,
+            cursor,
+            days: DaysOfLedger::InPostgres(computed),
+            events,
+        };
+        Ok((ledger, found))
     })
     .await
 }
 
-/// A read-only snapshot on Postgres (SQLite's bulk path opens its own: a deferred transaction
-/// on a read-only connection).
-async fn begin_snapshot(
-    conn: &mut sqlx::pool::PoolConnection<Any>,
-) -> Result<Transaction<'_, Any>, LedgerError> {
-    sqlx::Connection::begin_with(
-        &mut **conn,
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-    )
-    .await
-    .map_err(ledger_error)
+/// The Postgres computation a ledger's days keep, with (cursor, events) as computed; or a new
+/// connection to compute on, with nothing computed yet.
+async fn kept_computation(
+    db: &Db,
+    known: Option<LedgerDays>,
+) -> Result<(ComputedDays, Option<(Cursor, u64)>), LedgerError> {
+    match known {
+        Some(LedgerDays {
+            days: DaysOfLedger::InPostgres(computed),
+            cursor,
+            events,
+            ..
+        }) => Ok((computed, Some((cursor, events)))),
+        _ => {
+            let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
+            // Its own connection (closed after), so a session setting is the computation's:
+            // room to group a month's members in memory.
+            sqlx::query("SET work_mem = '256MB'")
+                .execute(&mut *conn)
+                .await
+                .map_err(ledger_error)?;
+            Ok((ComputedDays::new(conn), None))
+        }
+    }
+}
+
+/// [`pg_days::compute`] of the events up to `cursor` in `from..=to`; sets `days`, answers the
+/// events.
+async fn compute_days(
+    tx: &mut Transaction<'_, Any>,
+    cursor: Cursor,
+    from: NaiveDate,
+    to: NaiveDate,
+    days: &mut u64,
+) -> Result<u64, LedgerError> {
+    let (events, computed) = pg_days::compute(tx, cursor, day_bounds(from, to))
+        .await
+        .map_err(ledger_error)?;
+    *days = computed;
+    Ok(events)
 }
 
 /// What a rebuild did.
@@ -965,7 +1057,7 @@ pub(super) async fn store_ledger_days(
     db: &Db,
     ledger: LedgerDays,
 ) -> Result<(Rebuilt, LedgerDays), LedgerError> {
-    let (found, rows_changed, ledger) = store(db, ledger).await?;
+    let (found, rows_changed, ledger) = store(db, ledger, false).await?;
     let rebuilt = Rebuilt {
         events: found.events,
         days: found.days,
@@ -974,13 +1066,15 @@ pub(super) async fn store_ledger_days(
     Ok((rebuilt, ledger))
 }
 
-/// Under the write lock, in one transaction: reads the stored days of `ledger`'s range,
-/// compares them with it and writes only what differs. If the aggregator moved its cursor
-/// since `ledger` was read, the ledger is read again under the lock. Answers the comparison,
-/// the rows written or deleted, and the ledger's days as compared.
+/// Under the write lock, in one transaction: compares the stored days of `ledger`'s range
+/// with it and writes only what differs. If the aggregator moved its cursor since `ledger` was
+/// read, the ledger is read again under the lock. Answers the comparison (on Postgres, with
+/// its differences listed only when `list` is asked: a first build differs everywhere), the
+/// rows written or deleted, and the ledger's days as compared.
 async fn store(
     db: &Db,
     ledger: LedgerDays,
+    list: bool,
 ) -> Result<(Verification, u64, LedgerDays), LedgerError> {
     let db = db.clone();
     detached(async move {
@@ -992,7 +1086,7 @@ async fn store(
                         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                         .map_err(read_error)?;
                     let cursor = read_cursor_sqlite(&tx)?;
-                    let ledger = if cursor == ledger.cursor {
+                    let ledger = if cursor == ledger.cursor && ledger.folded().is_some() {
                         ledger
                     } else {
                         read_ledger_days_sqlite(&tx, cursor, ledger.from, ledger.to)?
@@ -1005,26 +1099,28 @@ async fn store(
                 })
                 .await;
         }
-        let mut conn = db.pool.acquire().await.map_err(ledger_error)?;
-        let mut tx = begin_write(db.dialect, &mut conn).await?;
+        let (from, to) = ledger.range();
+        let (mut computed, events) = kept_computation(&db, Some(ledger)).await?;
+        let mut tx = begin_write(db.dialect, &mut computed.conn).await?;
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let ledger = if cursor == ledger.cursor {
-            ledger
-        } else {
-            read_ledger_days_in(&mut tx, db.dialect, cursor, ledger.from, ledger.to)
-                .await
-                .map_err(ledger_error)?
+        let events = match events {
+            Some((at, events)) if at == cursor => events,
+            _ => compute_days(&mut tx, cursor, from, to, &mut computed.days).await?,
         };
-        let stored = read_stored(&mut tx, ledger.from, ledger.to)
-            .await
-            .map_err(ledger_error)?;
-        let found = verification_of(&ledger, stored);
-        let changed = write_differences(&mut tx, db.dialect, &found)
-            .await
-            .map_err(ledger_error)?;
+        let (found, changed) =
+            pg_days::write_differences(&mut tx, (from, to), (events, computed.days), list)
+                .await
+                .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
+        let ledger = LedgerDays {
+            from,
+            to,
+            cursor,
+            days: DaysOfLedger::InPostgres(computed),
+            events,
+        };
         Ok((found, changed, ledger))
     })
     .await
@@ -1107,33 +1203,7 @@ fn writes_of(found: &Verification) -> [TableWrites; 2] {
     ]
 }
 
-/// Writes what a comparison found (see [`writes_of`]); answers how many rows were written or
-/// deleted.
-async fn write_differences(
-    tx: &mut Transaction<'_, Any>,
-    dialect: Dialect,
-    found: &Verification,
-) -> Result<u64, sqlx::Error> {
-    let mut changed = 0u64;
-    for writes in writes_of(found) {
-        upsert_rows(tx, dialect, &writes.replace, |rows| {
-            replace_rows_sql(dialect, writes.table, writes.keys, rows)
-        })
-        .await?;
-        changed += writes.replace.len() as u64;
-        // Rare (only rows the ledger does not back): one statement per row.
-        let delete = delete_row_sql(writes.table, writes.keys);
-        for key in &writes.delete {
-            bind_values(sqlx::query(AssertSqlSafe(delete.as_str())), key)
-                .execute(&mut **tx)
-                .await?;
-            changed += 1;
-        }
-    }
-    Ok(changed)
-}
-
-/// [`write_differences`] on SQLite's bulk path: one prepared statement per table and kind,
+/// Writes what a comparison found (see [`writes_of`]) on SQLite's bulk path: one prepared statement per table and kind,
 /// run once per row, in the caller's transaction on `conn`.
 fn write_differences_sqlite(
     conn: &rusqlite::Connection,
@@ -1245,18 +1315,7 @@ fn differing<K: Ord + Clone, V: PartialEq + Clone>(
     out
 }
 
-/// The stored days from `$1` to `$2`.
-const STORED_DAYS_SQL: &str = "SELECT account_id, day, input_tokens, output_tokens, \
-     total_tokens, cost_picos, messages, last_activity_at \
-     FROM usage_day WHERE day >= $1 AND day <= $2";
-
-/// The stored day members from day `$1` to `$2` (naming every dimension lets the database read
-/// them through the `(day, dimension)` index).
-const STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, day, dimension, value, input_tokens, \
-     output_tokens, total_tokens, cost_picos, messages, last_activity_at \
-     FROM usage_day_member WHERE day >= $1 AND day <= $2 AND dimension IN ('c', 'a', 'm', 'p')";
-
-/// [`STORED_DAYS_SQL`] and [`STORED_DAY_MEMBERS_SQL`] for SQLite's bulk read path. SQLite's day
+/// The stored days and day members from day `$1` to `$2`, on SQLite's bulk read path. SQLite's day
 /// tables are clustered on their primary key (account, day, …): a row found through the
 /// `(day, …)` index costs another search of the table by its text key, many times the cost of
 /// reading the rows in key order. So these read each account's range of the primary key.
@@ -1270,7 +1329,7 @@ const SQLITE_STORED_DAY_MEMBERS_SQL: &str = "SELECT account_id, day, dimension, 
      FROM usage_day_member WHERE account_id IN (SELECT account_id FROM account) \
      AND day >= $1 AND day <= $2";
 
-fn stored_day(row: &impl Columns, table: &str) -> Result<NaiveDate, sqlx::Error> {
+pub(super) fn stored_day(row: &impl Columns, table: &str) -> Result<NaiveDate, sqlx::Error> {
     NaiveDate::parse_from_str(&row.text("day")?, "%Y-%m-%d")
         .map_err(|_| sqlx::Error::Decode(format!("{table} has a bad day").into()))
 }
@@ -1280,12 +1339,20 @@ fn day_from_row(row: &impl Columns) -> Result<(DayKey, Sums), sqlx::Error> {
     Ok(((row.text("account_id")?, day), sums_from_row(row)?))
 }
 
+pub(super) fn dimension_of(row: &impl Columns) -> Result<Dimension, sqlx::Error> {
+    Dimension::from_code(&row.text("dimension")?)
+        .ok_or_else(|| sqlx::Error::Decode("usage_day_member has a bad dimension".into()))
+}
+
 fn day_member_from_row(row: &impl Columns) -> Result<(MemberKey, Sums), sqlx::Error> {
     let day = stored_day(row, "usage_day_member")?;
-    let dimension = Dimension::from_code(&row.text("dimension")?)
-        .ok_or_else(|| sqlx::Error::Decode("usage_day_member has a bad dimension".into()))?;
     Ok((
-        (row.text("account_id")?, day, dimension, row.text("value")?),
+        (
+            row.text("account_id")?,
+            day,
+            dimension_of(row)?,
+            row.text("value")?,
+        ),
         sums_from_row(row)?,
     ))
 }
@@ -1297,39 +1364,8 @@ struct StoredDays {
     members: BTreeMap<MemberKey, Sums>,
 }
 
-/// Reads [`StoredDays`] in the caller's transaction (sqlx: Postgres).
-async fn read_stored(
-    tx: &mut Transaction<'_, Any>,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<StoredDays, sqlx::Error> {
-    let range = [from.to_string(), to.to_string()];
-    let read = |sql: &'static str| {
-        sqlx::query(sql)
-            .bind(range[0].clone())
-            .bind(range[1].clone())
-    };
-    // Collected first, then made maps at once, as on SQLite's bulk path.
-    let days = read(STORED_DAYS_SQL)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(day_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let members = read(STORED_DAY_MEMBERS_SQL)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(day_member_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(StoredDays {
-        days: days.into_iter().collect(),
-        members: members.into_iter().collect(),
-    })
-}
-
-/// [`read_stored`] on SQLite's bulk read path, in a transaction of `conn` (a snapshot, or the
-/// write lock).
+/// Reads [`StoredDays`] on SQLite's bulk read path, in a transaction of `conn` (a snapshot, or
+/// the write lock).
 fn read_stored_sqlite(
     conn: &rusqlite::Connection,
     from: NaiveDate,
@@ -1369,7 +1405,7 @@ pub(super) async fn verify(
     if !repair || found.matches() {
         return Ok(found);
     }
-    let (mut found, changed, _) = store(db, ledger).await?;
+    let (mut found, changed, _) = store(db, ledger, true).await?;
     found.repaired = changed > 0;
     Ok(found)
 }
@@ -1394,9 +1430,9 @@ async fn compare_in_snapshot(
     to: NaiveDate,
     known: Option<LedgerDays>,
 ) -> Result<(Verification, LedgerDays), LedgerError> {
-    let (ledger, stored) = read_in_snapshot(db, from, to, known, true).await?;
-    // Asked for, so always read.
-    Ok((verification_of(&ledger, stored.unwrap_or_default()), ledger))
+    let (ledger, found) = read_in_snapshot(db, from, to, known, true).await?;
+    // Asked for, so always made.
+    Ok((found.unwrap_or_default(), ledger))
 }
 
 fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error> {
@@ -1411,7 +1447,10 @@ fn read_cursor_sqlite(conn: &rusqlite::Connection) -> Result<Cursor, sqlx::Error
 
 /// The differences between what the ledger says and what is stored.
 fn verification_of(ledger: &LedgerDays, stored: StoredDays) -> Verification {
-    let day_differences = differing(&stored.days, &ledger.delta.days)
+    let empty = RollupDelta::default();
+    // Days folded here (SQLite's path, which never has them computed by Postgres).
+    let delta = ledger.folded().unwrap_or(&empty);
+    let day_differences = differing(&stored.days, &delta.days)
         .into_iter()
         .map(|((user_id, day), stored, expected)| DayDifference {
             user_id,
@@ -1420,7 +1459,7 @@ fn verification_of(ledger: &LedgerDays, stored: StoredDays) -> Verification {
             expected,
         })
         .collect();
-    let member_differences = differing(&stored.members, &ledger.delta.members)
+    let member_differences = differing(&stored.members, &delta.members)
         .into_iter()
         .map(
             |((user_id, day, dimension, value), stored, expected)| MemberDifference {
@@ -1435,7 +1474,7 @@ fn verification_of(ledger: &LedgerDays, stored: StoredDays) -> Verification {
         .collect();
     Verification {
         events: ledger.events,
-        days: ledger.delta.days.len() as u64,
+        days: delta.days.len() as u64,
         day_differences,
         member_differences,
         repaired: false,
@@ -1493,7 +1532,7 @@ fn bind_scope<'q>(
     }
 }
 
-fn sums_from_row(row: &impl Columns) -> Result<Sums, sqlx::Error> {
+pub(super) fn sums_from_row(row: &impl Columns) -> Result<Sums, sqlx::Error> {
     let n = |c: &str| row.int(c).map(|v| v.max(0) as u64);
     Ok(Sums {
         input_tokens: n("input_tokens")?,
