@@ -830,6 +830,22 @@ impl LedgerDays {
         self.events
     }
 
+    /// Days Postgres computed into `computed` from the events up to `cursor`.
+    fn in_postgres(
+        (from, to): (NaiveDate, NaiveDate),
+        cursor: Cursor,
+        computed: ComputedDays,
+        events: u64,
+    ) -> Self {
+        Self {
+            from,
+            to,
+            cursor,
+            days: DaysOfLedger::InPostgres(computed),
+            events,
+        }
+    }
+
     /// The days folded in this process, if they were.
     fn folded(&self) -> Option<&RollupDelta> {
         match &self.days {
@@ -960,10 +976,7 @@ async fn read_in_snapshot(
         let cursor = read_cursor(&mut tx, db.dialect, false)
             .await
             .map_err(ledger_error)?;
-        let events = match events {
-            Some((at, events)) if at == cursor => events,
-            _ => compute_days(&mut tx, cursor, from, to, &mut computed.days).await?,
-        };
+        let events = current_days(&mut tx, cursor, events, (from, to), &mut computed.days).await?;
         let found = match compare {
             true => Some(
                 pg_days::compare(&mut tx, (from, to), (events, computed.days))
@@ -973,13 +986,7 @@ async fn read_in_snapshot(
             false => None,
         };
         tx.commit().await.map_err(ledger_error)?;
-        let ledger = LedgerDays {
-            from,
-            to,
-            cursor,
-            days: DaysOfLedger::InPostgres(computed),
-            events,
-        };
+        let ledger = LedgerDays::in_postgres((from, to), cursor, computed, events);
         Ok((ledger, found))
     })
     .await
@@ -1011,15 +1018,21 @@ async fn kept_computation(
     }
 }
 
-/// [`pg_days::compute`] of the events up to `cursor` in `from..=to`; sets `days`, answers the
-/// events.
-async fn compute_days(
+/// The events of the computed days of the range at `cursor`: those computed before (`known`:
+/// cursor and events) if the cursor has not moved since, else computed now in `tx`'s snapshot
+/// ([`pg_days::compute`], which also sets `days`).
+async fn current_days(
     tx: &mut Transaction<'_, Any>,
     cursor: Cursor,
-    from: NaiveDate,
-    to: NaiveDate,
+    known: Option<(Cursor, u64)>,
+    (from, to): (NaiveDate, NaiveDate),
     days: &mut u64,
 ) -> Result<u64, LedgerError> {
+    if let Some((at, events)) = known
+        && at == cursor
+    {
+        return Ok(events);
+    }
     let (events, computed) = pg_days::compute(tx, cursor, day_bounds(from, to))
         .await
         .map_err(ledger_error)?;
@@ -1105,22 +1118,13 @@ async fn store(
         let cursor = lock_cursor(&mut tx, db.dialect)
             .await
             .map_err(ledger_error)?;
-        let events = match events {
-            Some((at, events)) if at == cursor => events,
-            _ => compute_days(&mut tx, cursor, from, to, &mut computed.days).await?,
-        };
+        let events = current_days(&mut tx, cursor, events, (from, to), &mut computed.days).await?;
         let (found, changed) =
             pg_days::write_differences(&mut tx, (from, to), (events, computed.days), list)
                 .await
                 .map_err(ledger_error)?;
         tx.commit().await.map_err(ledger_error)?;
-        let ledger = LedgerDays {
-            from,
-            to,
-            cursor,
-            days: DaysOfLedger::InPostgres(computed),
-            events,
-        };
+        let ledger = LedgerDays::in_postgres((from, to), cursor, computed, events);
         Ok((found, changed, ledger))
     })
     .await
