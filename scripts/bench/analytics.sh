@@ -3,7 +3,9 @@
 # then: a full backfill of the year (it takes over the aggregator's backlog and builds every
 # rollup from the ledger) with its verification, the same backfill again (nothing to write),
 # a user's 30-day daily stats through the API under load (wrk), a CSV export of every event of
-# 37 days, the TokenUsageModal's time to show data in Chromium (when the release site is built),
+# 37 days, the TokenUsageModal's time to show data in Chromium (when the release site is built:
+# the server binary and the site must come from the same `cargo leptos build --release`, as
+# `make test` makes them; a binary from plain `cargo build` serves a page that does not hydrate),
 # and the aggregator's lag while reports are recorded.
 #
 #   scripts/bench/analytics.sh [sqlite|postgres]      # EVENTS=10000000 USERS=1000 by default

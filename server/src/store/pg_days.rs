@@ -123,7 +123,7 @@ pub(super) async fn compute(
 ) -> Result<(u64, u64), sqlx::Error> {
     let statements = [
         "SET LOCAL work_mem = '256MB'".to_owned(),
-        "DROP TABLE IF EXISTS ledger_day, ledger_day_member".to_owned(),
+        "DROP TABLE IF EXISTS pg_temp.ledger_day, pg_temp.ledger_day_member".to_owned(),
         ledger_members_sql(cursor, bounds),
         ledger_days_sql(),
         "ANALYZE ledger_day, ledger_day_member".to_owned(),
@@ -301,7 +301,7 @@ pub(super) async fn write_differences(
     for (table, ledger, keys) in LEDGER_TABLES {
         let differences = format!("{ledger}_differences");
         for sql in [
-            format!("DROP TABLE IF EXISTS {differences}"),
+            format!("DROP TABLE IF EXISTS pg_temp.{differences}"),
             format!(
                 "CREATE TEMPORARY TABLE {differences} AS {}",
                 differences_sql(table, ledger, keys, range)
