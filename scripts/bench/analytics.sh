@@ -16,7 +16,14 @@ EVENTS=${EVENTS:-10000000}
 USERS=${USERS:-1000}
 DURATION=${DURATION:-15s}
 bin=target/release/tokenmeter
-[ -x "$bin" ] && [ -z "${REBUILD:-}" ] || cargo build --release -p tokenmeter --bin tokenmeter
+if [ ! -x "$bin" ] || [ -n "${REBUILD:-}" ]; then
+  if command -v cargo-leptos >/dev/null && [ -x end2end/node_modules/.bin/wasm-opt ]; then
+    # The server and the site from one build (wasm-opt from npm), so the modal step can run.
+    PATH="$PWD/end2end/node_modules/.bin:$PATH" cargo leptos build --release
+  else
+    cargo build --release -p tokenmeter --bin tokenmeter
+  fi
+fi
 
 run() {
   local url=$1
@@ -53,7 +60,8 @@ run() {
   rm -f /tmp/tokenmeter-events.csv
   if [ -d target/site/pkg ] && [ -d end2end/node_modules/@playwright ]; then
     echo "== TokenUsageModal in Chromium: from the click on \"View usage\" to cards and chart drawn"
-    node scripts/bench/modal.mjs "$base" bench-admin "$password" "$USERS" 10 | tail -1
+    node scripts/bench/modal.mjs "$base" bench-admin "$password" "$USERS" 10 2>&1 | tail -1 \
+      || echo "TokenUsageModal: failed (is the site from the same build as $bin?)"
   else
     echo "== TokenUsageModal: skipped (needs the release site and end2end's packages: make test builds both)"
   fi
