@@ -1,7 +1,7 @@
 //! Postgres rebuilds and checks a day range's stored days itself, in set-based SQL: it sums
-//! the ledger's events into temporary tables of one connection, writes what differs from the
-//! stored days with one statement per table, and compares the stored days with the temporary
-//! ones with a join. Nothing of the range crosses the wire but the differences: reading ten
+//! the ledger's events into temporary tables of one connection, finds the stored rows that
+//! differ from them with one join per table and writes only those, and checks the result with
+//! the same join. Nothing of the range crosses the wire but the differences: reading ten
 //! million events and twice as many stored rows into this process (and writing them back) had
 //! made a backfill of a year take minutes.
 //!
@@ -31,7 +31,7 @@ const LEDGER_TABLES: [(&str, &str, &[&str]); 2] = [
 /// A day range's days as the ledger says they should be, computed by Postgres into the
 /// temporary tables of [`LEDGER_TABLES`] on `conn`, which is kept (and closed when dropped, so
 /// the tables go with it).
-pub(crate) struct ComputedDays {
+pub(super) struct ComputedDays {
     pub(super) conn: PoolConnection<Any>,
     pub(super) days: u64,
 }
