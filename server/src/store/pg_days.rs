@@ -122,7 +122,6 @@ pub(super) async fn compute(
     bounds: (i64, i64),
 ) -> Result<(u64, u64), sqlx::Error> {
     let statements = [
-        "SET LOCAL work_mem = '256MB'".to_owned(),
         "DROP TABLE IF EXISTS pg_temp.ledger_day, pg_temp.ledger_day_member".to_owned(),
         ledger_members_sql(cursor, bounds),
         ledger_days_sql(),
@@ -141,10 +140,10 @@ pub(super) async fn compute(
     Ok((count("events")?, count("days")?))
 }
 
-/// `l.k = s.k AND …` over a table's keys.
-fn keys_match(keys: &[&str]) -> String {
+/// `a.k = s.k AND …` over a table's keys, `a` the other side's alias.
+fn keys_match(keys: &[&str], a: &str) -> String {
     keys.iter()
-        .map(|k| format!("l.{k} = s.{k}"))
+        .map(|k| format!("{a}.{k} = s.{k}"))
         .collect::<Vec<_>>()
         .join(" AND ")
 }
@@ -181,7 +180,7 @@ fn differences_sql(
          (SELECT * FROM {table} WHERE day >= '{from}' AND day <= '{to}') s ON {} \
          WHERE {} IS DISTINCT FROM {}",
         columns.join(", "),
-        keys_match(keys),
+        keys_match(keys, "l"),
         values_of("l"),
         values_of("s")
     )
@@ -200,15 +199,11 @@ fn write_sql(table: &str, differences: &str, keys: &[&str]) -> [String; 2] {
         .iter()
         .map(|v| format!("{v} = excluded.{v}"))
         .collect();
-    let keys_match = keys
-        .iter()
-        .map(|k| format!("d.{k} = s.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
     [
         format!(
             "DELETE FROM {table} s USING {differences} d \
-             WHERE {keys_match} AND d.ledger_messages IS NULL"
+             WHERE {} AND d.ledger_messages IS NULL",
+            keys_match(keys, "d")
         ),
         format!(
             "INSERT INTO {table} ({}) SELECT {}, {} FROM {differences} \
