@@ -865,7 +865,7 @@ fn range_events_sql(dialect: Dialect, cursor: Cursor) -> String {
 }
 
 /// The time bounds (microseconds) of a day range: its first day's start, the next day's start.
-fn day_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
+pub(super) fn day_bounds(from: NaiveDate, to: NaiveDate) -> (i64, i64) {
     (
         day_start_micros(from),
         day_start_micros(to.succ_opt().unwrap_or(to)),
@@ -1033,7 +1033,7 @@ async fn current_days(
     {
         return Ok(events);
     }
-    let (events, computed) = pg_days::compute(tx, cursor, day_bounds(from, to))
+    let (events, computed) = pg_days::compute(tx, cursor, (from, to))
         .await
         .map_err(ledger_error)?;
     *days = computed;
