@@ -21,7 +21,7 @@ use domain::{
 use proptest::prelude::*;
 use reqwest::Client;
 use serde_json::{Value, json};
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, Row};
 use tokenmeter_server::store::{Db, SqlLedger, WriterConfig};
 
 /// One event as a test sends it; `facts` is what the rollups must see of it.
@@ -613,6 +613,37 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     assert_ne!(stored_rollups(&ledger).await, once);
     let cleaned = ledger.rebuild_rollups(from, yesterday).await.unwrap();
     assert_eq!(cleaned.rows_changed, 2, "{cleaned:?}");
+    assert!(matches_ledger(&ledger, from, yesterday).await);
+    assert_eq!(stored_rollups(&ledger).await, once);
+    // Rows with wrong sums (a day, and one of its members) are replaced: one row changed each.
+    for table in ["usage_day", "usage_day_member"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET total_tokens = total_tokens + 1, messages = messages + 1 \
+             WHERE account_id = $1 AND day = $2{}",
+            match table {
+                "usage_day" => "",
+                _ => " AND dimension = 'm'",
+            }
+        )))
+        .bind(user)
+        .bind(&day)
+        .execute(&ledger.db().pool)
+        .await
+        .unwrap();
+    }
+    let wrong_members = sqlx::query(
+        "SELECT COUNT(*) AS n FROM usage_day_member WHERE account_id = $1 AND day = $2 \
+         AND dimension = 'm'",
+    )
+    .bind(user)
+    .bind(&day)
+    .fetch_one(&ledger.db().pool)
+    .await
+    .unwrap()
+    .get::<i64, _>("n") as u64;
+    assert_ne!(stored_rollups(&ledger).await, once);
+    let repaired = ledger.rebuild_rollups(from, yesterday).await.unwrap();
+    assert_eq!(repaired.rows_changed, 1 + wrong_members, "{repaired:?}");
     assert!(matches_ledger(&ledger, from, yesterday).await);
     assert_eq!(stored_rollups(&ledger).await, once);
     // New events after a rebuild are still added exactly once by the aggregator.
