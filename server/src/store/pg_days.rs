@@ -129,16 +129,17 @@ pub(super) async fn compute(
     range: (NaiveDate, NaiveDate),
 ) -> Result<(u64, u64), sqlx::Error> {
     let members = ledger_members_sql(cursor, day_bounds(range.0, range.1));
-    let members = match nothing_stored(conn, "usage_day_member", range).await? {
-        true => format!(
-            "CREATE TEMPORARY TABLE ledger_day_member AS SELECT * FROM ({members}) m ORDER BY {}",
+    let members = if nothing_stored(conn, "usage_day_member", range).await? {
+        format!(
+            "SELECT * FROM ({members}) m ORDER BY {}",
             MEMBER_KEYS.join(", ")
-        ),
-        false => format!("CREATE TEMPORARY TABLE ledger_day_member AS {members}"),
+        )
+    } else {
+        members
     };
     let statements = [
         "DROP TABLE IF EXISTS pg_temp.ledger_day, pg_temp.ledger_day_member".to_owned(),
-        members,
+        format!("CREATE TEMPORARY TABLE ledger_day_member AS {members}"),
         ledger_days_sql(),
         "ANALYZE ledger_day, ledger_day_member".to_owned(),
     ];
@@ -201,13 +202,17 @@ fn differences_sql(
     )
 }
 
+/// A table's columns: its keys, then [`VALUE_COLUMNS`].
+fn columns_of<'a>(keys: &[&'a str]) -> Vec<&'a str> {
+    keys.iter().chain(&VALUE_COLUMNS).copied().collect()
+}
+
 /// The statements that make the stored rows of `table` what the ledger says, from the
 /// differences found in `differences`: a delete of every stored row that differs, then a plain
-/// insert of the ledger's rows in key order. (An upsert, `ON CONFLICT … DO UPDATE`, costs a
-/// speculative insertion a row: a third more than a plain insert for a first build, where
-/// every row is new.)
+/// insert of the ledger's rows in key order (an upsert, `ON CONFLICT … DO UPDATE`, costs a
+/// speculative insertion a row, about a third more than a plain insert).
 fn write_sql(table: &str, differences: &str, keys: &[&str]) -> [String; 2] {
-    let columns: Vec<&str> = keys.iter().chain(&VALUE_COLUMNS).copied().collect();
+    let columns = columns_of(keys);
     let ledger_values: Vec<String> = VALUE_COLUMNS
         .iter()
         .map(|v| format!("ledger_{v}"))
@@ -248,7 +253,7 @@ async fn nothing_stored(
 
 /// `INSERT INTO table … SELECT … FROM ledger ORDER BY keys`: every computed row, in key order.
 fn insert_all_sql(table: &str, ledger: &str, keys: &[&str]) -> String {
-    let columns: Vec<&str> = keys.iter().chain(&VALUE_COLUMNS).copied().collect();
+    let columns = columns_of(keys);
     format!(
         "INSERT INTO {table} ({columns}) SELECT {columns} FROM {ledger} ORDER BY {}",
         keys.join(", "),
