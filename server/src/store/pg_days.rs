@@ -59,7 +59,9 @@ fn dimension_column(dimension: Dimension) -> &'static str {
 /// A query of the members of the events up to `cursor` from `start` (µs, inclusive) to `end`
 /// (exclusive), one `GROUP BY` per dimension over the events read once. An event's input and
 /// output tokens are split as `EventFacts::split` does; its day is the UTC day of its time (a
-/// floor division, also before 1970).
+/// floor division, also before 1970). Its keys compare in byte order, as the day tables' do,
+/// and it sums with `tokenmeter_sum` (both from migration
+/// `20261127000001_day_keys_in_byte_order.sql`).
 fn ledger_members_sql(cursor: Cursor, (start, end): (i64, i64)) -> String {
     let processed = processed_condition(Dialect::Postgres, cursor);
     let branches: Vec<String> = Dimension::ALL
@@ -67,12 +69,14 @@ fn ledger_members_sql(cursor: Cursor, (start, end): (i64, i64)) -> String {
         .map(|&dimension| {
             let value = format!("COALESCE({}, '')", dimension_column(dimension));
             format!(
-                "SELECT account_id, TO_CHAR(DATE '1970-01-01' + CAST(day_number AS INTEGER), \
-                 'YYYY-MM-DD') AS day, '{code}' AS dimension, {value} AS value, \
-                 CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
-                 CAST(SUM(total_tokens - input_tokens) AS BIGINT) AS output_tokens, \
-                 CAST(SUM(total_tokens) AS BIGINT) AS total_tokens, \
-                 CAST(SUM(cost_picos) AS BIGINT) AS cost_picos, \
+                "SELECT account_id COLLATE \"C\" AS account_id, \
+                 TO_CHAR(DATE '1970-01-01' + CAST(day_number AS INTEGER), 'YYYY-MM-DD') \
+                 COLLATE \"C\" AS day, '{code}' COLLATE \"C\" AS dimension, \
+                 {value} COLLATE \"C\" AS value, \
+                 tokenmeter_sum(input_tokens) AS input_tokens, \
+                 tokenmeter_sum(total_tokens - input_tokens) AS output_tokens, \
+                 tokenmeter_sum(total_tokens) AS total_tokens, \
+                 tokenmeter_sum(cost_picos) AS cost_picos, \
                  COUNT(*) AS messages, MAX(created_at) AS last_activity_at \
                  FROM event GROUP BY account_id, day_number, {value}",
                 code = dimension.code()
@@ -102,11 +106,11 @@ fn ledger_members_sql(cursor: Cursor, (start, end): (i64, i64)) -> String {
 fn ledger_days_sql() -> String {
     format!(
         "CREATE TEMPORARY TABLE ledger_day AS SELECT account_id, day, \
-         CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
-         CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
-         CAST(SUM(total_tokens) AS BIGINT) AS total_tokens, \
-         CAST(SUM(cost_picos) AS BIGINT) AS cost_picos, \
-         CAST(SUM(messages) AS BIGINT) AS messages, \
+         tokenmeter_sum(input_tokens) AS input_tokens, \
+         tokenmeter_sum(output_tokens) AS output_tokens, \
+         tokenmeter_sum(total_tokens) AS total_tokens, \
+         tokenmeter_sum(cost_picos) AS cost_picos, \
+         tokenmeter_sum(messages) AS messages, \
          MAX(last_activity_at) AS last_activity_at \
          FROM ledger_day_member WHERE dimension = '{}' GROUP BY account_id, day",
         Dimension::Model.code()
