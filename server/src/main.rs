@@ -231,22 +231,25 @@ async fn backfill(args: BackfillArgs) -> Result<(), BoxError> {
     let mut days = 0u64;
     let mut changed = 0u64;
     // Three steps per batch, overlapped on two cores: while one batch's days are written (under
-    // the write lock), the next batch's events are read and folded, and the days written for
-    // the batch before are read back and checked against its events (both in read-only
-    // snapshots, so the writer is not held up).
+    // the write lock), the next two batches' events are read and summed, and the days written
+    // for the batch before are read back and checked against its events (in snapshots, so the
+    // writer is not held up). Reading is most of the work: with one batch read at a time, the
+    // reads alone kept one core busy and a year took their sum.
+    const READ_AHEAD: usize = 2;
     let read = |(from, to): (chrono::NaiveDate, chrono::NaiveDate)| {
         let ledger = ledger.clone();
         tokio::spawn(async move { ledger.read_ledger_days(from, to).await })
     };
-    let mut reading = batches.first().copied().map(read);
+    let mut reading: std::collections::VecDeque<_> =
+        batches.iter().take(READ_AHEAD).copied().map(read).collect();
     let mut checking = None;
     let mut checked = Vec::new();
     for n in 0..batches.len() {
-        let ledger_days = match reading.take() {
+        let ledger_days = match reading.pop_front() {
             Some(next) => next.await??,
             None => break,
         };
-        reading = batches.get(n + 1).copied().map(read);
+        reading.extend(batches.get(n + READ_AHEAD).copied().map(read));
         let (from, to) = ledger_days.range();
         let (rebuilt, written) = ledger.store_ledger_days(ledger_days).await?;
         events += rebuilt.events;

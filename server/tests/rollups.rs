@@ -152,6 +152,16 @@ fn stream() -> impl Strategy<Value = (Vec<Spec>, Vec<usize>, Vec<usize>, Vec<i64
 
 /// Every user's rollups of every period, as the statistics make them from the stored days
 /// (a week's and a month's from their days).
+/// The table the day members are stored in: one row per member on SQLite, packed per user,
+/// day and dimension on Postgres (where `usage_day_member` is a view that unpacks them). Both
+/// have `account_id`, `day` and `dimension` columns.
+fn member_table(ledger: &SqlLedger) -> &'static str {
+    match ledger.db().dialect {
+        tokenmeter_server::store::Dialect::Postgres => "usage_day_members",
+        tokenmeter_server::store::Dialect::Sqlite => "usage_day_member",
+    }
+}
+
 async fn stored_rollups(ledger: &SqlLedger) -> BTreeMap<RollupKey, Rollup> {
     let users: Vec<String> = sqlx::query_scalar("SELECT DISTINCT account_id FROM usage_day")
         .fetch_all(&ledger.db().pool)
@@ -282,7 +292,7 @@ fn check_random_stream(
         // the same days, and finds nothing to change once they are right.
         let days = specs.iter().map(|s| s.at.date_naive());
         let (from, to) = (days.clone().min().unwrap(), days.max().unwrap());
-        for table in ["usage_day", "usage_day_member"] {
+        for table in ["usage_day", member_table(&ledger)] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&ledger.db().pool)
                 .await
@@ -493,9 +503,10 @@ async fn nightly_check_repairs_and_catches_up_missed_days(db: common::TestDb) {
     .unwrap();
     // u1's conversations of that day, as if never seen: the week's and the month's distinct
     // conversations are counted from these rows.
-    sqlx::query(
-        "DELETE FROM usage_day_member WHERE day = $1 AND account_id = 'u1' AND dimension = 'c'",
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE day = $1 AND account_id = 'u1' AND dimension = 'c'",
+        member_table(&ledger)
+    )))
     .bind(broken.to_string())
     .execute(pool)
     .await
@@ -558,7 +569,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     let (ledger, specs, yesterday) = ten_days(&db.url).await;
     let expected = rollups_of(&specs.iter().map(Spec::facts).collect::<Vec<_>>());
     // Start from nothing, as on a database that predates rollups.
-    for table in ["usage_day", "usage_day_member"] {
+    for table in ["usage_day", member_table(&ledger)] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
             .execute(&ledger.db().pool)
             .await
@@ -591,16 +602,27 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     // are deleted, nothing else.
     let user = specs[0].user.as_str();
     let day = specs[0].at.date_naive().to_string();
-    sqlx::query(
-        "INSERT INTO usage_day_member (account_id, day, dimension, value, input_tokens, \
-         output_tokens, total_tokens, cost_picos, messages, last_activity_at) \
-         VALUES ($1, $2, 'm', 'ghost-model', 1, 1, 2, 0, 1, NULL)",
-    )
-    .bind(user)
-    .bind(&day)
-    .execute(&ledger.db().pool)
-    .await
-    .unwrap();
+    let ghost = match ledger.db().dialect {
+        tokenmeter_server::store::Dialect::Sqlite => {
+            "INSERT INTO usage_day_member (account_id, day, dimension, value, input_tokens, \
+             output_tokens, total_tokens, cost_picos, messages, last_activity_at) \
+             VALUES ($1, $2, 'm', 'ghost-model', 1, 1, 2, 0, 1, NULL)"
+        }
+        tokenmeter_server::store::Dialect::Postgres => {
+            "UPDATE usage_day_members SET value = value || 'ghost-model'::text, \
+             input_tokens = input_tokens || 1::bigint, output_tokens = output_tokens || 1::bigint, \
+             total_tokens = total_tokens || 2::bigint, cost_picos = cost_picos || 0::bigint, \
+             messages = messages || 1::bigint, last_activity_at = last_activity_at || NULL::bigint \
+             WHERE account_id = $1 AND day = $2 AND dimension = 'm'"
+        }
+    };
+    let added = sqlx::query(ghost)
+        .bind(user)
+        .bind(&day)
+        .execute(&ledger.db().pool)
+        .await
+        .unwrap();
+    assert_eq!(added.rows_affected(), 1);
     make_users(&ledger, &["idle"]).await;
     sqlx::query(
         "INSERT INTO usage_day (account_id, day, input_tokens, output_tokens, total_tokens, \
@@ -616,10 +638,22 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
     assert!(matches_ledger(&ledger, from, yesterday).await);
     assert_eq!(stored_rollups(&ledger).await, once);
     // Rows with wrong sums (a day, and one of its members) are replaced: one row changed each.
-    for table in ["usage_day", "usage_day_member"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET total_tokens = total_tokens + 1, messages = messages + 1 \
-             WHERE account_id = $1 AND day = $2{}",
+    let one_more = |c: &str| match ledger.db().dialect {
+        tokenmeter_server::store::Dialect::Sqlite => format!("{c} = {c} + 1"),
+        // Each member's, in the packed arrays.
+        tokenmeter_server::store::Dialect::Postgres => format!(
+            "{c} = ARRAY(SELECT n + 1 FROM unnest({c}) WITH ORDINALITY AS u(n, i) ORDER BY i)"
+        ),
+    };
+    for (table, set) in [
+        ("usage_day", "total_tokens = total_tokens + 1, messages = messages + 1".to_owned()),
+        (
+            member_table(&ledger),
+            format!("{}, {}", one_more("total_tokens"), one_more("messages")),
+        ),
+    ] {
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {set} WHERE account_id = $1 AND day = $2{}",
             match table {
                 "usage_day" => "",
                 _ => " AND dimension = 'm'",
@@ -630,6 +664,7 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
         .execute(&ledger.db().pool)
         .await
         .unwrap();
+        assert!(changed.rows_affected() >= 1);
     }
     let wrong_members = sqlx::query(
         "SELECT COUNT(*) AS n FROM usage_day_member WHERE account_id = $1 AND day = $2 \

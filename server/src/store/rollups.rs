@@ -679,7 +679,11 @@ impl DeltaSql {
         };
         Self {
             days: upsert("usage_day", &DAY_KEYS),
-            members: upsert("usage_day_member", &MEMBER_KEYS),
+            members: match dialect {
+                // Postgres keeps a day's members packed, merged rather than added to.
+                Dialect::Postgres => pg_days::merge_members_sql(),
+                Dialect::Sqlite => upsert("usage_day_member", &MEMBER_KEYS),
+            },
         }
     }
 }
