@@ -51,7 +51,7 @@ run() {
   for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
   echo "== GET /api/usage/stats (a random user's last 30 days by day), 8 connections"
   wrk -t2 -c8 -d"$DURATION" --latency -s scripts/bench/stats.lua "$base" -- "$USERS" "$key" \
-    | grep -E 'Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx|Socket errors'
+    | grep -E 'Requests/sec|Latency|50%|90%|95%|99%|requests in|Non-2xx|Socket errors'
   echo "== CSV export of every event of the last 37 days (all users)"
   local efrom; efrom=$(date -u -d '37 days ago' +%F)
   curl -s -o /tmp/tokenmeter-events.csv -w 'HTTP %{http_code}, %{size_download} bytes in %{time_total} s\n' \

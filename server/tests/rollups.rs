@@ -150,8 +150,6 @@ fn stream() -> impl Strategy<Value = (Vec<Spec>, Vec<usize>, Vec<usize>, Vec<i64
         })
 }
 
-/// Every user's rollups of every period, as the statistics make them from the stored days
-/// (a week's and a month's from their days).
 /// The table the day members are stored in: one row per member on SQLite, packed per user,
 /// day and dimension on Postgres (where `usage_day_member` is a view that unpacks them). Both
 /// have `account_id`, `day` and `dimension` columns.
@@ -162,6 +160,8 @@ fn member_table(ledger: &SqlLedger) -> &'static str {
     }
 }
 
+/// Every user's rollups of every period, as the statistics make them from the stored days
+/// (a week's and a month's from their days).
 async fn stored_rollups(ledger: &SqlLedger) -> BTreeMap<RollupKey, Rollup> {
     let users: Vec<String> = sqlx::query_scalar("SELECT DISTINCT account_id FROM usage_day")
         .fetch_all(&ledger.db().pool)
@@ -646,7 +646,10 @@ async fn backfill_twice_equals_once(db: common::TestDb) {
         ),
     };
     for (table, set) in [
-        ("usage_day", "total_tokens = total_tokens + 1, messages = messages + 1".to_owned()),
+        (
+            "usage_day",
+            "total_tokens = total_tokens + 1, messages = messages + 1".to_owned(),
+        ),
         (
             member_table(&ledger),
             format!("{}, {}", one_more("total_tokens"), one_more("messages")),

@@ -1,9 +1,15 @@
 //! Postgres rebuilds and checks a day range's stored days itself, in set-based SQL: it sums
 //! the ledger's events into temporary tables of one connection, finds the stored rows that
 //! differ from them with one join per table and writes only those, and checks the result with
-//! the same join. Nothing of the range crosses the wire but the differences: reading ten
+//! the same joins. Nothing of the range crosses the wire but the differences: reading ten
 //! million events and twice as many stored rows into this process (and writing them back) had
 //! made a backfill of a year take minutes.
+//!
+//! Postgres stores a user's day members packed, one row of arrays per user, day and dimension
+//! (`usage_day_members`; the view `usage_day_member` unpacks them for readers, with SQLite's
+//! columns). The members are computed one per row, then packed; packed rows are compared, and
+//! only those that differ are unpacked to find the members that differ. The aggregator merges
+//! what it adds into the packed rows ([`merge_members_sql`]).
 //!
 //! The sums mean exactly what [`RollupDelta::add`](domain::rollup::RollupDelta::add) and
 //! [`EventFacts::split`](domain::rollup::EventFacts::split) say; the rollups tests compare what
@@ -26,15 +32,15 @@ use super::sqlite_read::Columns;
 const PACKED_KEYS: [&str; 3] = ["account_id", "day", "dimension"];
 
 /// The arrays of a packed row: the members' values (sorted), then each of [`VALUE_COLUMNS`].
-const PACKED_COLUMNS: [&str; 7] = [
-    "value",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost_picos",
-    "messages",
-    "last_activity_at",
-];
+const PACKED_COLUMNS: [&str; 1 + VALUE_COLUMNS.len()] = {
+    let mut columns = ["value"; 1 + VALUE_COLUMNS.len()];
+    let mut n = 0;
+    while n < VALUE_COLUMNS.len() {
+        columns[n + 1] = VALUE_COLUMNS[n];
+        n += 1;
+    }
+    columns
+};
 
 /// A range's days as the ledger says they should be, computed by Postgres into temporary
 /// tables on `conn`, which is kept (and closed when dropped, so the tables go with it):
@@ -378,8 +384,8 @@ async fn nothing_stored(
     Ok(row.try_get::<i64, _>("n")? == 0)
 }
 
-/// `INSERT INTO table … SELECT … FROM ledger`: every computed row, in the key order they were
-/// computed in.
+/// `INSERT INTO table … SELECT … FROM ledger ORDER BY keys`: every computed row, in key order
+/// (the packed members were computed in it, so that sort finds them sorted).
 fn insert_all_sql(table: &DayTable) -> String {
     let columns = columns_of(table).join(", ");
     format!(
@@ -396,15 +402,17 @@ async fn fill_temporary(
     name: &str,
     query: &str,
 ) -> Result<u64, sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS pg_temp.{name}")))
-        .execute(&mut *conn)
-        .await?;
-    Ok(
-        sqlx::query(AssertSqlSafe(format!("CREATE TEMPORARY TABLE {name} AS {query}")))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS pg_temp.{name}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "CREATE TEMPORARY TABLE {name} AS {query}"
+    )))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// What a comparison of the computed days with the stored ones found, as differences: rows of
