@@ -32,11 +32,13 @@ FROM usage_day_member GROUP BY account_id, day, dimension;
 
 DROP TABLE usage_day_member;
 
+-- The arrays are unnested in the select list, side by side (they have the same length): a
+-- lateral unnest(...) in FROM materialized each packed row's members first, and read everyone's
+-- 30 days of distinct counts in 0.6-0.9 s against 0.25 s this way.
 CREATE VIEW usage_day_member AS
-SELECT p.account_id, p.day, p.dimension, m.value, m.input_tokens, m.output_tokens,
-       m.total_tokens, m.cost_picos, m.messages, m.last_activity_at
-FROM usage_day_members p
-CROSS JOIN LATERAL unnest(p.value, p.input_tokens, p.output_tokens, p.total_tokens,
-                          p.cost_picos, p.messages, p.last_activity_at)
-    AS m(value, input_tokens, output_tokens, total_tokens, cost_picos, messages,
-         last_activity_at);
+SELECT account_id, day, dimension,
+       unnest(value) AS value, unnest(input_tokens) AS input_tokens,
+       unnest(output_tokens) AS output_tokens, unnest(total_tokens) AS total_tokens,
+       unnest(cost_picos) AS cost_picos, unnest(messages) AS messages,
+       unnest(last_activity_at) AS last_activity_at
+FROM usage_day_members;

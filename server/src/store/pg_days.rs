@@ -160,6 +160,21 @@ fn packed_sql(members: &str) -> String {
     )
 }
 
+/// The members of the packed rows of `from` (which names `usage_day_members` `p`, joined with
+/// what picks the rows), one row per member as the view `usage_day_member` gives them. The
+/// view itself, joined with a table, is unpacked whole before the join (its `unnest`s are in
+/// its select list, which keeps a join's keys out): a join picks the packed rows first.
+fn unpacked_sql(from: &str) -> String {
+    let arrays: Vec<String> = PACKED_COLUMNS
+        .iter()
+        .map(|c| format!("unnest(p.{c}) AS {c}"))
+        .collect();
+    format!(
+        "SELECT p.account_id, p.day, p.dimension, {} FROM {from}",
+        arrays.join(", ")
+    )
+}
+
 /// `CREATE TEMPORARY TABLE ledger_day_members AS …`: the computed members packed, in key
 /// order (an index is cheapest to fill in its order).
 fn ledger_packed_sql() -> String {
@@ -193,14 +208,15 @@ pub(super) fn merge_members_sql() -> String {
     format!(
         "WITH delta AS (SELECT {} FROM json_array_elements(CAST($1 AS json)) AS e), \
          merged AS (SELECT {member_keys}, {} FROM (\
-           SELECT * FROM delta UNION ALL \
-           SELECT m.* FROM usage_day_member m \
-           JOIN (SELECT DISTINCT {keys} FROM delta) touched USING ({keys})) added \
+           SELECT * FROM delta UNION ALL {}) added \
          GROUP BY {member_keys}) \
          INSERT INTO usage_day_members ({keys}, {packed}) {} \
          ON CONFLICT ({keys}) DO UPDATE SET {}",
         columns.join(", "),
         summed_values(),
+        unpacked_sql(&format!(
+            "usage_day_members p JOIN (SELECT DISTINCT {keys} FROM delta) touched USING ({keys})"
+        )),
         packed_sql("merged"),
         updates.join(", "),
         member_keys = MEMBER_KEYS.join(", "),
@@ -322,15 +338,15 @@ fn differences_sql(table: &DayTable, (from, to): (NaiveDate, NaiveDate)) -> Stri
 /// `usage_day_member`, of the user-day-dimensions in `differences` (packed rows that differ):
 /// the computed members against the stored ones unpacked.
 fn member_differences_sql(differences: &str) -> String {
-    let of_differences = |members: &str| {
-        format!(
-            "(SELECT m.* FROM {members} m JOIN {differences} d USING ({}))",
-            PACKED_KEYS.join(", ")
-        )
-    };
+    let keys = PACKED_KEYS.join(", ");
     full_join_differences(
-        &of_differences("ledger_day_member"),
-        &of_differences("usage_day_member"),
+        &format!("(SELECT m.* FROM ledger_day_member m JOIN {differences} d USING ({keys}))"),
+        &format!(
+            "({})",
+            unpacked_sql(&format!(
+                "usage_day_members p JOIN {differences} d USING ({keys})"
+            ))
+        ),
         &MEMBER_KEYS,
         &VALUE_COLUMNS,
     )
