@@ -484,15 +484,13 @@ async fn find_differences(
     conn: &mut AnyConnection,
     range: (NaiveDate, NaiveDate),
 ) -> Result<u64, sqlx::Error> {
-    let mut found = [0; 2];
-    for (n, table) in [&DAYS, &PACKED_MEMBERS].into_iter().enumerate() {
-        let differences = differences_sql(table, range);
-        found[n] = fill_temporary(conn, &differences_table(table), &differences).await?;
-    }
+    let (days, packed) = (differences_table(&DAYS), differences_table(&PACKED_MEMBERS));
+    let differing_days = fill_temporary(conn, &days, &differences_sql(&DAYS, range)).await?;
+    let differing_packed = differences_sql(&PACKED_MEMBERS, range);
+    fill_temporary(conn, &packed, &differing_packed).await?;
     // A differing packed row counts as its differing members.
-    let [days, _] = found;
-    let members = member_differences_sql(&differences_table(&PACKED_MEMBERS));
-    Ok(days + fill_temporary(conn, MEMBER_DIFFERENCES, &members).await?)
+    let members = member_differences_sql(&packed);
+    Ok(differing_days + fill_temporary(conn, MEMBER_DIFFERENCES, &members).await?)
 }
 
 /// The differences [`find_differences`] found, listed in `found`.
