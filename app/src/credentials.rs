@@ -27,8 +27,15 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// Lowercase hex. Every authenticated request hashes its key, so no `format!` per byte.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 /// SHA-256 of a high-entropy secret (session token, API key), as lowercase hex.
@@ -134,5 +141,15 @@ mod tests {
         assert_eq!(digest(&key).len(), 64);
         assert!(!digest(&key).contains(&key[3..]));
         assert_eq!(generate_password().len(), 20);
+    }
+
+    #[test]
+    fn digests_are_the_lowercase_hex_stored_before() {
+        // FIPS 180-2's example: every stored key and session digest is in this form.
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 }

@@ -242,6 +242,59 @@ async fn contract_postgres() {
     contract(common::ledger(&db).await).await;
 }
 
+/// A report that would take a counter past 64 bits is refused and changes nothing; one that
+/// reaches the largest value exactly is recorded.
+async fn counter_overflow(db: &common::TestDb) {
+    let ledger = common::ledger(db).await;
+    let now = Utc::now();
+    ledger
+        .create_user(new_user("max", 1_000), now)
+        .await
+        .expect("create");
+    let conn = tokenmeter_server::store::Db::connect(&db.url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE account SET lifetime_tokens = $1 WHERE account_id = 'max'")
+        .bind(i64::MAX - 5)
+        .execute(&conn.pool)
+        .await
+        .expect("raise the lifetime counter");
+    assert!(matches!(
+        ledger.record_usage(report("max", 6, "over")).await,
+        Err(LedgerError::CounterOverflow)
+    ));
+    let after = ledger
+        .get_user(&uid("max"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (after.tokens_used, after.lifetime_tokens),
+        (0, i64::MAX as u64 - 5)
+    );
+    let recorded = ledger
+        .record_usage(report("max", 5, "exact"))
+        .await
+        .expect("the largest value fits");
+    assert_eq!(recorded.user.lifetime_tokens, i64::MAX as u64);
+    assert_eq!(recorded.user.tokens_used, 5);
+    let audit = ledger.audit().await.expect("audit");
+    assert_eq!(
+        audit.events, 1,
+        "only the report that fits is in the ledger"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_overflow_sqlite() {
+    counter_overflow(&common::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_overflow_postgres() {
+    counter_overflow(&common::postgres().await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_one_hot_user_sqlite() {
     let db = common::sqlite();

@@ -114,16 +114,15 @@ static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
     recorded_event: format!(
         "SELECT {STORED_EVENT_COLUMNS} FROM usage_event WHERE idempotency_key = ?1"
     ),
-    raise_counters: format!(
+    raise_counters: String::from(
         "UPDATE account SET tokens_used = tokens_used + ?2, lifetime_tokens = lifetime_tokens + ?2, \
              updated_at = ?4, lifetime_cost_picos = lifetime_cost_picos + ?5 \
          WHERE account_id = ?1 AND tokens_used <= ?3 AND lifetime_tokens <= ?3 \
-             AND lifetime_cost_picos <= ?6 \
-         RETURNING {ACCOUNT_COLUMNS}"
+             AND lifetime_cost_picos <= ?6",
     ),
     append_event: format!(
         "INSERT INTO usage_event ({NEW_EVENT_COLUMNS}) VALUES ({}) \
-         ON CONFLICT (idempotency_key, account_id) DO NOTHING RETURNING usage_event_id",
+         ON CONFLICT (idempotency_key, account_id) DO NOTHING",
         placeholders(1, super::usage::EVENT_PARAMS).replace('$', "?")
     ),
     account: format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE account_id = ?1"),
@@ -200,7 +199,15 @@ impl BatchStatements for RusqliteBatch<'_> {
                 &r.cost_picos,
                 &max_cost,
             ];
-            raised.extend(self.account_by_id(&SQL.raise_counters, &params)?);
+            // No RETURNING: SQLite would stage the returned row in a temporary table of its
+            // own for every statement; the account is read again by its key instead.
+            let changed = self
+                .tx
+                .prepare_cached(&SQL.raise_counters)?
+                .execute(params.as_slice())?;
+            if changed == 1 {
+                raised.extend(self.account_by_id(&SQL.account, &[&r.account])?);
+            }
         }
         Ok(raised)
     }
@@ -227,17 +234,17 @@ impl BatchStatements for RusqliteBatch<'_> {
         let mut statement = self.tx.prepare_cached(&SQL.append_event)?;
         let mut ids = Vec::with_capacity(events.len());
         for event in events {
-            let mut rows = statement.query(rusqlite::params_from_iter(event.values()))?;
-            let Some(row) = rows.next()? else {
+            // No RETURNING (see `raise_counters`): a row inserted is the connection's last.
+            if statement.execute(rusqlite::params_from_iter(event.values()))? == 0 {
                 return Err(BatchError::Retry(
                     "an idempotency key was recorded concurrently".into(),
                 ));
-            };
+            }
             let key = (
                 event.usage.user_id.as_str().to_owned(),
                 event.usage.idempotency_key.as_str().to_owned(),
             );
-            ids.push((key, row.get(0)?));
+            ids.push((key, self.tx.last_insert_rowid()));
         }
         Ok(ids)
     }
