@@ -22,6 +22,21 @@ what=${1:-all}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# One wrk run of usage reports, then the CPU each kind of thread spent per request
+# (scripts/bench/cpu.py: the HTTP workers, SQLite's writer thread, Postgres's processes).
+usage_run() {
+  local pid=$1 base=$2 users=$3 prefix=$4 key=$5 out
+  out=$(mktemp -d)
+  python3 scripts/bench/cpu.py snapshot "$pid" > "$out/before.json"
+  python3 scripts/bench/cpu.py run "$out/wrk.cpu" -- \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$users" "$prefix" "$key" > "$out/wrk.txt"
+  python3 scripts/bench/cpu.py snapshot "$pid" > "$out/after.json"
+  grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors' "$out/wrk.txt"
+  python3 scripts/bench/cpu.py per-request "$out/before.json" "$out/after.json" \
+    "$(awk '/requests in/ {print $1}' "$out/wrk.txt")" "$out/wrk.cpu"
+  rm -rf "$out"
+}
+
 suite() {
   local label=$1 url=$2
   local port; port=$(free_port)
@@ -43,11 +58,9 @@ suite() {
   echo "### GET /livez (no database)"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$base/livez" | grep -E 'Requests/sec|Latency|99%|Non-2xx'
   echo "### POST usage, $USERS users"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- "$USERS" spread "$recorder_key" \
-    | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
+  usage_run "$pid" "$base" "$USERS" spread "$recorder_key"
   echo "### POST usage, one hot user"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/bench/usage.lua "$base" -- 1 hot "$recorder_key" \
-    | grep -E 'Requests/sec|Latency|99%|requests in|Non-2xx|Socket errors'
+  usage_run "$pid" "$base" 1 hot "$recorder_key"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "### exactness"
   "$bin" audit --database-url "$url" | tee /tmp/tokenmeter-audit.txt
@@ -63,5 +76,5 @@ if [ "$what" = all ] || [ "$what" = sqlite ]; then
   rm -rf "$dir"
 fi
 if [ "$what" = all ] || [ "$what" = postgres ]; then
-  scripts/with-postgres.sh bash -c "$(declare -f free_port suite); bin=$bin; THREADS=$THREADS; CONNECTIONS=$CONNECTIONS; DURATION=$DURATION; USERS=$USERS; set -euo pipefail; suite 'Postgres 15 (fsync on, synchronous_commit on)' \"\$TOKENMETER_TEST_PG\""
+  scripts/with-postgres.sh bash -c "$(declare -f free_port usage_run suite); bin=$bin; THREADS=$THREADS; CONNECTIONS=$CONNECTIONS; DURATION=$DURATION; USERS=$USERS; set -euo pipefail; suite 'Postgres 15 (fsync on, synchronous_commit on)' \"\$TOKENMETER_TEST_PG\""
 fi
