@@ -251,12 +251,9 @@ async fn counter_overflow(db: &common::TestDb) {
         .create_user(new_user("max", 1_000), now)
         .await
         .expect("create");
-    let conn = tokenmeter_server::store::Db::connect(&db.url)
-        .await
-        .expect("connect");
     sqlx::query("UPDATE account SET lifetime_tokens = $1 WHERE account_id = 'max'")
         .bind(i64::MAX - 5)
-        .execute(&conn.pool)
+        .execute(&ledger.db().pool)
         .await
         .expect("raise the lifetime counter");
     assert!(matches!(
