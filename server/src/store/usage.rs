@@ -702,15 +702,22 @@ impl BatchStatements for SqlxBatch<'_> {
                     )
                 })
                 .collect();
+            // The same ids again, as a condition on `account` itself: without it the planner,
+            // which cannot see how few rows the VALUES list holds, reads every account (a hash
+            // join over a sequential scan) instead of the batch's rows through the key.
+            let ids_sql: Vec<String> = (0..chunk.len())
+                .map(|n| format!("${}", n * 6 + 1))
+                .collect();
             let mut query = self.query(format!(
                 "WITH d (d_id, d_delta, d_max, d_at, d_cost, d_cost_max) AS (VALUES {}) \
                  UPDATE account SET tokens_used = tokens_used + d_delta, \
                      lifetime_tokens = lifetime_tokens + d_delta, updated_at = d_at, \
                      lifetime_cost_picos = lifetime_cost_picos + d_cost \
                  FROM d WHERE account_id = d_id AND tokens_used <= d_max AND lifetime_tokens <= d_max \
-                     AND lifetime_cost_picos <= d_cost_max \
+                     AND lifetime_cost_picos <= d_cost_max AND account_id IN ({}) \
                  RETURNING {ACCOUNT_COLUMNS}",
-                rows_sql.join(", ")
+                rows_sql.join(", "),
+                ids_sql.join(", ")
             ));
             for raise in chunk {
                 query = query
