@@ -259,7 +259,7 @@ pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
 }
 
 /// The ledger on a SQL database. Reads go straight to the pool; usage is recorded by one
-/// writer task per process that commits every pending report in one transaction.
+/// writer thread per process that commits every pending report in one transaction.
 pub struct SqlLedger {
     db: Db,
     writer: usage::WriterHandle,
@@ -449,7 +449,14 @@ impl SqlLedger {
     ) -> Vec<Result<Recorded, LedgerError>> {
         let at: Vec<i64> = at.iter().map(|t| micros(*t)).collect();
         let _turn = self.db.write_turn().await;
-        usage::write_batch_with_retries(&self.db, &mut None, usages, &at).await
+        usage::write_batch_with_retries(
+            self.db.dialect,
+            &mut None,
+            || self.db.pool.acquire(),
+            usages,
+            &at,
+        )
+        .await
     }
 }
 

@@ -16,9 +16,9 @@
 //! (taken in account-id order, so two batches never deadlock) serialise their updates, and the
 //! unique index on `(idempotency_key, account_id)` keeps a report from being recorded twice.
 //!
-//! The writer runs on its own (a task, or SQLite's thread), so a caller that goes away
-//! mid-request (a closed connection) cannot leave a transaction half-done; its report is still
-//! committed or rolled back whole.
+//! The writer runs on a thread of its own (on Postgres with its own runtime and connection), so
+//! a caller that goes away mid-request (a closed connection) cannot leave a transaction
+//! half-done; its report is still committed or rolled back whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -26,7 +26,6 @@ use std::time::Duration;
 use app::ports::{LedgerError, Recorded};
 use chrono::Utc;
 use domain::{RecordUsage, UserUsage};
-use sqlx::pool::PoolConnection;
 use sqlx::{Any, AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,9 +67,7 @@ impl WriterHandle {
         let (queue, jobs) = mpsc::channel(config.queue_capacity);
         match db.sqlite_file.clone() {
             Some(file) => usage_sqlite::spawn_writer(db, file, jobs, config.max_batch),
-            None => {
-                tokio::spawn(run_writer(db, jobs, config.max_batch));
-            }
+            None => spawn_writer_thread(db, jobs, config.max_batch),
         }
         Self { queue }
     }
@@ -114,16 +111,49 @@ pub(super) fn answer(
     }
 }
 
-/// The writer on Postgres: a task with a pooled connection of its own.
+/// Starts the writer on Postgres: a thread of its own, running its own single-threaded runtime
+/// and its own connection. A batch is a chain of round trips (begin, lock, update, insert,
+/// commit); on the HTTP runtime each of them would wait its turn behind the request tasks (and
+/// for the busy workers to poll the socket), while here the thread takes each answer as soon as
+/// the operating system runs it.
+fn spawn_writer_thread(db: Db, jobs: mpsc::Receiver<Job>, max_batch: usize) {
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the ledger writer's runtime starts");
+            runtime.block_on(run_writer(db, jobs, max_batch));
+        })
+        .expect("the ledger writer thread starts");
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
-    // The writer keeps its own connection between batches: no pool round trip per batch.
+    // The writer keeps its own connection between batches, opened on this thread's runtime
+    // (a pooled one would belong to the HTTP runtime's reactor).
+    // Given up after as long as the pool waits for a connection: its reports then answer 503.
+    let options = db.pool.connect_options();
+    let connect = || async {
+        match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&*options)).await
+        {
+            Ok(connected) => connected.map(Box::new),
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the ledger writer could not connect to the database",
+            ))),
+        }
+    };
     let mut conn = None;
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let (usages, now, replies) = unpack(&mut batch);
         let started = std::time::Instant::now();
         let turn = db.write_turn().await;
-        let outcomes = write_batch_with_retries(&db, &mut conn, &usages, &now).await;
+        let outcomes =
+            write_batch_with_retries(db.dialect, &mut conn, connect, &usages, &now).await;
         drop(turn);
         answer(replies, outcomes, started);
     }
@@ -216,22 +246,27 @@ impl Retries {
 }
 
 /// Writes a batch through sqlx, `at[i]` being the time of report `i` (microseconds since the
-/// epoch). `conn` is the writer's connection, taken from the pool when missing and dropped
+/// epoch). `conn` is the writer's connection, made by `connect` when missing and dropped
 /// after an error (so a broken connection is never reused).
-pub(super) async fn write_batch_with_retries(
-    db: &Db,
-    conn: &mut Option<PoolConnection<Any>>,
+pub(super) async fn write_batch_with_retries<C, F>(
+    dialect: Dialect,
+    conn: &mut Option<C>,
+    connect: impl Fn() -> F,
     usages: &[RecordUsage],
     at: &[i64],
-) -> Vec<Outcome> {
+) -> Vec<Outcome>
+where
+    C: std::ops::DerefMut<Target = sqlx::AnyConnection>,
+    F: Future<Output = Result<C, sqlx::Error>>,
+{
     let mut retries = Retries::new();
     loop {
         let result = match conn {
-            Some(c) => write_batch_sqlx(db.dialect, c, usages, at, retries.look_up_keys()).await,
-            None => match db.pool.acquire().await {
+            Some(c) => write_batch_sqlx(dialect, c, usages, at, retries.look_up_keys()).await,
+            None => match connect().await {
                 Ok(c) => {
                     let c = conn.insert(c);
-                    write_batch_sqlx(db.dialect, c, usages, at, retries.look_up_keys()).await
+                    write_batch_sqlx(dialect, c, usages, at, retries.look_up_keys()).await
                 }
                 Err(e) => Err(BatchError::from(e)),
             },
