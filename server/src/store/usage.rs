@@ -113,9 +113,8 @@ pub(super) fn answer(
 
 /// Starts the writer on Postgres: a thread of its own, running its own single-threaded runtime
 /// and its own connection. A batch is a chain of round trips (begin, lock, update, insert,
-/// commit); on the HTTP runtime each of them would wait its turn behind the request tasks (and
-/// for the busy workers to poll the socket), while here the thread takes each answer as soon as
-/// the operating system runs it.
+/// commit). As a task on the HTTP runtime, each waited its turn behind the request tasks. On its
+/// own thread the spread benchmark ran 7–28 % faster (docs/PERFORMANCE.md).
 fn spawn_writer_thread(db: Db, jobs: mpsc::Receiver<Job>, max_batch: usize) {
     std::thread::Builder::new()
         .name("ledger-writer".into())
@@ -129,13 +128,14 @@ fn spawn_writer_thread(db: Db, jobs: mpsc::Receiver<Job>, max_batch: usize) {
         .expect("the ledger writer thread starts");
 }
 
+/// How long the writer tries to connect, as long as the pool waits for a connection. The
+/// batch's reports then answer "unavailable" (503).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn run_writer(db: Db, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     // The writer keeps its own connection between batches, opened on this thread's runtime
     // (a pooled one would belong to the HTTP runtime's reactor).
-    // Given up after as long as the pool waits for a connection: its reports then answer 503.
     let options = db.pool.connect_options();
     let connect = || async {
         match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&*options)).await
